@@ -1,0 +1,71 @@
+"""Reads and checks a model bundle folder (model.onnx + vocab.txt + manifest.json) without torch.
+
+Checks what the manifest promises: the ONNX file's sha256, the vocabulary size, and the graph's
+input/output names and static dimensions. Knows nothing of training or serving.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.data import Vocab, file_sha256
+from training.errors import TrainingError
+
+FORMAT_VERSION = 1
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise TrainingError(f"bundle has no manifest: {path}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TrainingError(f"{path} is not valid JSON: {e}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise TrainingError(f"{path}: unsupported format_version {manifest.get('format_version')!r}")
+    return manifest
+
+
+def check_graph(session, manifest: dict, onnx_path: Path) -> None:
+    """Graph I/O must be what the manifest says: names, ranks, and every static dimension."""
+    layers, hidden, vocab = manifest["layers"], manifest["hidden_size"], manifest["vocab_size"]
+    want_in = {"tokens": [None, None], **{s["input"]: [layers, None, hidden] for s in manifest["state"]}}
+    want_out = {"log_probs": [None, vocab], **{s["output"]: [layers, None, hidden] for s in manifest["state"]}}
+    for kind, got_list, want in (("input", session.get_inputs(), want_in), ("output", session.get_outputs(), want_out)):
+        got = {a.name: a.shape for a in got_list}
+        if set(got) != set(want):
+            raise TrainingError(f"{onnx_path}: graph {kind}s {sorted(got)} do not match the manifest's {sorted(want)}")
+        for name, dims in want.items():
+            shape = got[name]
+            ok = len(shape) == len(dims) and all(
+                (isinstance(g, str) or g is None) if w is None else g == w for g, w in zip(shape, dims))
+            if not ok:
+                shown = ["dynamic" if w is None else w for w in dims]
+                raise TrainingError(f"{onnx_path}: {kind} {name!r} has shape {shape}, manifest says {shown}")
+
+
+def open_bundle(folder: str | Path, providers: list[str] | None = None):
+    """(manifest, vocab, onnxruntime session) after every check; TrainingError names the bad file."""
+    import onnxruntime as ort
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TrainingError(f"bundle folder not found: {folder}")
+    manifest = read_manifest(folder)
+    onnx_path = folder / manifest["onnx"]["file"]
+    if not onnx_path.is_file():
+        raise TrainingError(f"bundle file missing: {onnx_path}")
+    digest = file_sha256(onnx_path)
+    if digest != manifest["onnx"]["sha256"]:
+        raise TrainingError(f"{onnx_path}: sha256 {digest[:12]}… does not match the manifest's "
+                            f"{manifest['onnx']['sha256'][:12]}…; the file was changed after export")
+    vocab = Vocab.read(folder / "vocab.txt")
+    if len(vocab) != manifest["vocab_size"]:
+        raise TrainingError(f"{folder / 'vocab.txt'}: {len(vocab)} words, manifest says {manifest['vocab_size']}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
+    check_graph(session, manifest, onnx_path)
+    return manifest, vocab, session

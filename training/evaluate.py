@@ -1,0 +1,45 @@
+"""Perplexity of an exported bundle through onnxruntime, never through PyTorch (no torch import).
+
+The token file is read like a corpus split (one `<eos>` per line) and cut into `batch_size`
+parallel streams exactly as training's evaluation does; each stream is fed one token per
+onnxruntime call with its state carried across the whole file, and the log-probability the
+bundle gives the true next token is summed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from training.bundle import open_bundle
+from training.data import batchify, read_lines
+
+
+def zero_state(manifest: dict, batch: int) -> dict[str, np.ndarray]:
+    shape = (manifest["layers"], batch, manifest["hidden_size"])  # (layers, batch, hidden)
+    return {s["input"]: np.zeros(shape, dtype=np.float32) for s in manifest["state"]}
+
+
+def perplexity(session, manifest: dict, ids: np.ndarray, batch_size: int = 10) -> tuple[float, int]:
+    data = batchify(ids, batch_size)  # (batch, n)
+    state = zero_state(manifest, batch_size)
+    outputs = ["log_probs"] + [s["output"] for s in manifest["state"]]
+    rows = np.arange(batch_size)
+    total = 0.0
+    for t in range(data.shape[1] - 1):
+        log_probs, *new = session.run(outputs, {"tokens": data[:, t : t + 1], **state})  # (batch, vocab)
+        total -= float(log_probs[rows, data[:, t + 1]].astype(np.float64).sum())
+        state = {s["input"]: h for s, h in zip(manifest["state"], new)}
+    count = batch_size * (data.shape[1] - 1)
+    return math.exp(total / count), count
+
+
+def evaluate_file(bundle: str | Path, text: str | Path, batch_size: int = 10) -> dict:
+    manifest, vocab, session = open_bundle(bundle)
+    ids = vocab.encode(read_lines(Path(text)))
+    ppl, count = perplexity(session, manifest, ids, batch_size)
+    return {"bundle": str(bundle), "text": str(text), "perplexity": round(ppl, 4), "tokens": count,
+            "batch_size": batch_size}
+

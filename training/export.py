@@ -1,0 +1,168 @@
+"""Turns a training checkpoint into a verified model bundle (model.onnx + vocab.txt + manifest.json).
+
+The bundle is written to a temporary folder and moved into place only after it has proved
+itself: onnxruntime agrees with PyTorch on shapes unlike the export example and over a
+multi-step rollout where each side feeds back its own state, and the batch and sequence axes
+are really dynamic. The manifest then records the perplexity measured through onnxruntime on the
+file that ships. Knows nothing of serving.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.bundle import FORMAT_VERSION, open_bundle
+from training.data import Corpus, file_sha256
+from training.errors import TrainingError
+from training.evaluate import perplexity
+from training.train import library_versions, load_checkpoint, model_from_checkpoint
+
+OPSET = 17
+PARITY_ATOL = 1e-4
+TEXT_CONVENTIONS = {
+    "wikitext": "Moses-style: punctuation split off, clitics split before the apostrophe (do n't -> do n 't "
+                "as in the corpus), hyphens and separators inside numbers as @-@ @,@ @.@; case kept",
+    "whitespace": "split on whitespace only",
+}
+
+
+def _export_onnx(model, path: Path) -> None:
+    names = model.cfg.state_names
+    tokens = torch.zeros((2, 3), dtype=torch.long)  # (batch, seq) example; both axes exported dynamic
+    state = model.init_hidden(2)  # (layers, batch, hidden) each
+    dynamic = {"tokens": {0: "batch", 1: "seq"}, "log_probs": {0: "batch"}}
+    for i, o in names:
+        dynamic[i] = {1: "batch"}
+        dynamic[o] = {1: "batch"}
+    torch.onnx.export(model, (tokens, *state), str(path), dynamo=False, opset_version=OPSET,
+                      input_names=["tokens", *[i for i, _ in names]], output_names=["log_probs", *[o for _, o in names]],
+                      dynamic_axes=dynamic, do_constant_folding=True)
+
+
+def verify(model, session, steps: int = 20, seed: int = 0) -> dict:
+    """Compares onnxruntime with PyTorch; raises TrainingError naming what differed."""
+    names = model.cfg.state_names
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.cfg.vocab_size
+    worst = 0.0
+
+    def compare(what: str, a: torch.Tensor, b: np.ndarray) -> None:
+        nonlocal worst
+        if tuple(a.shape) != b.shape:
+            raise TrainingError(f"export verification: {what}: onnxruntime shape {b.shape}, PyTorch {tuple(a.shape)} "
+                                "(an axis was fixed to the export example's size)")
+        diff = float(np.abs(a.numpy() - b).max())
+        worst = max(worst, diff)
+        if not diff <= PARITY_ATOL:
+            raise TrainingError(f"export verification: {what}: max abs difference {diff:.3g} > {PARITY_ATOL}")
+
+    def run_both(tokens, torch_state, ort_state, what):
+        with torch.no_grad():
+            t_out = model(tokens, *torch_state)
+        o_out = session.run(["log_probs", *[o for _, o in names]],
+                            {"tokens": tokens.numpy(), **{i: s for (i, _), s in zip(names, ort_state)}})
+        for label, a, b in zip(["log_probs", *[o for _, o in names]], t_out, o_out):
+            compare(f"{what} {label}", a, b)
+        return t_out[1:], o_out[1:], t_out[0]
+
+    # Shapes unlike the (2, 3) export example, from fresh random states.
+    for batch, seq in ((1, 1), (5, 7), (3, 13), (8, 1)):
+        tokens = torch.randint(vocab, (batch, seq), generator=gen)
+        state = tuple(torch.randn((model.cfg.layers, batch, model.cfg.hidden_size), generator=gen) * 0.5 for _ in names)
+        run_both(tokens, state, [s.numpy() for s in state], f"batch {batch} seq {seq}:")
+    # A rollout: each side feeds back its own state; lengths vary to mix prompt and single steps.
+    batch = 4
+    t_state = model.init_hidden(batch)
+    o_state = [s.numpy() for s in t_state]
+    for step in range(steps):
+        seq = 1 + (step * 5) % 9
+        tokens = torch.randint(vocab, (batch, seq), generator=gen)
+        t_state, o_state, log_probs = run_both(tokens, t_state, o_state, f"rollout step {step + 1} (seq {seq}):")
+        total = float(log_probs.exp().sum(-1).sub(1).abs().max())
+        if total > 1e-3:
+            raise TrainingError(f"export verification: probabilities sum to 1 ± {total:.3g}")
+    return {"max_abs_diff": worst, "rollout_steps": steps, "atol": PARITY_ATOL}
+
+
+def export(checkpoint: str, out: str, name: str | None = None, data: str | None = None,
+           command: str = "", verify_steps: int = 20) -> dict:
+    import onnxruntime as ort
+
+    started = time.monotonic()
+    ckpt = load_checkpoint(checkpoint)
+    model, vocab = model_from_checkpoint(ckpt)
+    out_dir = Path(out)
+    name = name or out_dir.name
+    tc = ckpt["train_config"]
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None) as tmp:
+        tmp_dir = Path(tmp)
+        onnx_path = tmp_dir / "model.onnx"
+        _export_onnx(model, onnx_path)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        parity = verify(model, session, steps=verify_steps)
+        vocab.write(tmp_dir / "vocab.txt")
+        cfg = model.cfg
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "architecture": cfg.architecture,
+            "layers": cfg.layers,
+            "hidden_size": cfg.hidden_size,
+            "embedding_size": cfg.embedding_size,
+            "vocab_size": len(vocab),
+            "tied": cfg.tied,
+            "softmax": cfg.softmax if cfg.softmax == "full" else f"adaptive (cutoffs {cfg.cutoffs}, exact full distribution)",
+            "special_tokens": {"unk": vocab.unk, "eos": vocab.eos},
+            "text": {"convention": tc["text_convention"], "description": TEXT_CONVENTIONS.get(tc["text_convention"], "")},
+            "inputs": {"tokens": {"dtype": "int64", "shape": ["batch", "seq"]}},
+            "outputs": {"log_probs": {"dtype": "float32", "shape": ["batch", cfg.vocab_size]}},
+            "state": [{"input": i, "output": o, "dtype": "float32", "shape": [cfg.layers, "batch", cfg.hidden_size]}
+                      for i, o in cfg.state_names],
+            "onnx": {"file": "model.onnx", "sha256": file_sha256(onnx_path), "opset": OPSET,
+                     "bytes": onnx_path.stat().st_size},
+            "parity": parity,
+            "training": {
+                "corpus": ckpt["corpus"],
+                "command": tc.get("command", ""),
+                "seed": tc["seed"],
+                "epochs": len(ckpt["history"]),
+                "history": ckpt["history"],
+                "stopped": ckpt.get("stopped", "unknown"),
+                "wall_seconds": round(ckpt.get("wall_seconds_total", ckpt["wall_seconds"]), 1),
+                "device": ckpt.get("device", "cpu"),
+                "versions": ckpt["versions"],
+                "config": {k: v for k, v in tc.items() if k not in ("command", "data", "out", "extra")},
+                "test_ppl_torch": ckpt.get("test_ppl_torch"),
+            },
+            "export": {"command": command, "versions": library_versions()},
+        }
+        if data:
+            corpus = Corpus.load(data, vocab)
+            batch = tc.get("eval_batch_size", 10)
+            valid_ppl, valid_n = perplexity(session, manifest, corpus.valid, batch)
+            test_ppl, test_n = perplexity(session, manifest, corpus.test, batch)
+            manifest["metrics"] = {"valid_perplexity": round(valid_ppl, 3), "test_perplexity": round(test_ppl, 3),
+                                   "valid_tokens": valid_n, "test_tokens": test_n, "eval_batch_size": batch,
+                                   "measured_with": f"onnxruntime {ort.__version__} on the exported model.onnx"}
+        (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        open_bundle(tmp_dir)  # the written bundle must pass the same checks the service runs
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        shutil.move(str(tmp_dir), str(out_dir))
+        tmp_dir.mkdir()  # TemporaryDirectory cleanup expects it
+    print(f"exported {out_dir} in {time.monotonic() - started:.1f} s (parity max abs diff "
+          f"{parity['max_abs_diff']:.2e})", file=sys.stderr)
+    summary = {"bundle": str(out_dir), "sha256": manifest["onnx"]["sha256"], "bytes": manifest["onnx"]["bytes"],
+               "max_abs_diff": parity["max_abs_diff"]}
+    summary.update(manifest.get("metrics", {}))
+    return summary
