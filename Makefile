@@ -1,0 +1,48 @@
+# nextword: `make serve` runs the service on the shipped models, `make test` runs every test.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= ../shared/data/wikitext-2
+
+.PHONY: install install-dev serve test train train-lstm train-rnn clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Stamp files re-run pip only when pyproject.toml changes.
+$(VENV)/.service: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.service
+
+install: $(VENV)/.service
+install-dev: $(VENV)/.dev
+
+serve: install
+	$(PY) -m service
+
+test: install-dev
+	$(PY) -m pytest
+
+# Reproduces the shipped bundles from the WikiText-2 corpus in $(DATA) (CPU, ~1 h on 2 cores).
+train: train-lstm train-rnn
+
+train-lstm: install-dev
+	$(PY) -m training train --data $(DATA) --out runs/wikitext2-lstm --architecture lstm --layers 2 \
+	  --embedding-size 128 --hidden-size 256 --dropout 0.25 --softmax adaptive --cutoffs 2000,10000 \
+	  --optimizer adam --lr 0.003 --schedule cosine --clip 1.0 --batch-size 20 --bptt 35 --epochs 7 \
+	  --seed 1111 --threads 1
+	$(PY) -m training export --checkpoint runs/wikitext2-lstm/best.pt --out models/wikitext2-lstm --data $(DATA)
+
+train-rnn: install-dev
+	$(PY) -m training train --data $(DATA) --out runs/wikitext2-rnn --architecture rnn_tanh --layers 2 \
+	  --embedding-size 128 --hidden-size 256 --dropout 0.1 --softmax adaptive --cutoffs 2000,10000 \
+	  --optimizer adam --lr 0.001 --schedule cosine --clip 0.5 --batch-size 20 --bptt 35 --epochs 6 \
+	  --seed 1111 --threads 1
+	$(PY) -m training export --checkpoint runs/wikitext2-rnn/best.pt --out models/wikitext2-rnn --data $(DATA)
+
+clean:
+	rm -rf $(VENV) runs var .pytest_cache
