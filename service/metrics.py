@@ -1,0 +1,70 @@
+"""Prometheus metrics of the service, declared once at module level. The only module that knows
+prometheus_client.
+
+Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` is set before Python starts (see `service.__main__`),
+so every worker writes its samples to files there and a scrape sums them. Labels are small fixed
+sets: endpoint templates, model names, status codes, error codes, Redis operations; never a
+session id or a raw path.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+# Sub-millisecond to tens of seconds: a cached /healthz and a long stream fit the same buckets.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+REQUESTS = Counter("nextword_http_requests_total", "HTTP requests answered.", ["endpoint", "method", "status"])
+REQUEST_LATENCY = Histogram("nextword_http_request_duration_seconds", "Time to answer an HTTP request (for a "
+                            "stream: until the last event).", ["endpoint"], buckets=LATENCY_BUCKETS)
+ERRORS = Counter("nextword_errors_total", "Error responses and stream error events, by error code.", ["code"])
+
+MODEL_STEP_LATENCY = Histogram("nextword_model_step_duration_seconds", "Wall time of one batched onnxruntime call.",
+                               ["model"], buckets=LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("nextword_model_batch_size", "Rows in one onnxruntime call.", ["model"], buckets=BATCH_BUCKETS)
+BATCH_WAIT = Histogram("nextword_batch_wait_seconds", "Time a step waited in the queue before its batch ran.",
+                       ["model"], buckets=LATENCY_BUCKETS)
+TOKENS_READ = Counter("nextword_tokens_read_total", "Input tokens fed to a model.", ["model"])
+TOKENS_GENERATED = Counter("nextword_tokens_generated_total", "Tokens sampled by generation.", ["model"])
+
+STREAM_FIRST_TOKEN = Histogram("nextword_stream_time_to_first_token_seconds", "From request start to the first "
+                               "generated token.", ["model"], buckets=LATENCY_BUCKETS)
+STREAM_INTER_TOKEN = Histogram("nextword_stream_inter_token_seconds", "Between consecutive generated tokens.",
+                               ["model"], buckets=LATENCY_BUCKETS)
+ACTIVE_STREAMS = Gauge("nextword_active_streams", "Generations in progress.", multiprocess_mode="livesum")
+
+SESSIONS_CREATED = Counter("nextword_sessions_created_total", "Sessions created.", ["model"])
+SESSIONS_DELETED = Counter("nextword_sessions_deleted_total", "Sessions deleted by clients.", ["model"])
+SESSIONS_EXPIRED = Counter("nextword_sessions_expired_total", "Sessions found expired (requests that named a "
+                           "session whose idle TTL had run out).")
+SESSION_CONFLICTS = Counter("nextword_session_write_conflicts_total", "Compare-and-set writes that lost a race "
+                            "(the step is re-run on the fresh state).", ["model"])
+
+REDIS_LATENCY = Histogram("nextword_redis_command_duration_seconds", "Redis round trips by operation.",
+                          ["operation"], buckets=LATENCY_BUCKETS)
+REDIS_ERRORS = Counter("nextword_redis_errors_total", "Failed Redis calls by operation.", ["operation"])
+
+MODEL_INFO = Gauge("nextword_model_info", "Loaded models (value 1), with version, architecture and provider.",
+                   ["model", "version", "architecture", "provider"], multiprocess_mode="max")
+
+
+def scrape() -> tuple[bytes, str]:
+    """Exposition text for /metrics: all workers' samples when multiprocess mode is on."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """gunicorn child_exit hook: a dead worker's live gauges stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
