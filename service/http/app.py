@@ -1,0 +1,141 @@
+"""Builds the Flask app: loads bundles, opens the runtimes and the session store, wires blueprints,
+request ids, auth, logs, metrics and the one error table. Nothing happens at import time.
+
+gunicorn calls `create_app()` in every worker after the fork (preload_app stays off: onnxruntime
+sessions and Redis pools must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from service import logs, metrics
+from service.bundle import discover
+from service.config import ConfigError, Settings
+from service.engine import Engine
+from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound, PayloadTooLarge,
+                            ServiceError)
+from service.http import auth, ops, predict, sessions
+from service.runtime import ModelRuntime
+from service.state import SessionStore
+
+log = logging.getLogger("nextword")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_HTTP_ERRORS = {404: NotFound, 405: MethodNotAllowed, 406: NotAcceptable, 413: PayloadTooLarge, 400: InvalidJSON}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+
+
+def services() -> Services:
+    from flask import current_app
+
+    return current_app.extensions["nextword"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level)
+    if not settings.redis_url:
+        raise ConfigError("REDIS_URL is empty: set it, or start with `python -m service`, which starts an "
+                          "embedded Redis")
+    bundles = discover(settings.models_dir)
+    runtimes = {b.name: ModelRuntime(b, settings.device, settings.ort_threads, settings.batch_max_size,
+                                     settings.batch_wait_ms) for b in bundles}
+    default = settings.default_model or ("wikitext2-lstm" if "wikitext2-lstm" in runtimes else bundles[0].name)
+    if default not in runtimes:
+        raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(runtimes)}")
+    store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
+    engine = Engine(runtimes, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
+
+    app = Flask("nextword")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["nextword"] = Services(settings, engine)
+    for module in (predict, sessions, ops):
+        app.register_blueprint(module.bp)
+    _init_request_hooks(app, settings)
+    auth.init_app(app, settings.api_keys)
+    _init_error_handlers(app)
+    for name, rt in runtimes.items():
+        logs.log_event(log, "model loaded", model=name, architecture=rt.bundle.manifest["architecture"],
+                       version=rt.bundle.digest[:12], provider=rt.provider, vocab=rt.bundle.vocab_size,
+                       default=name == default)
+    logs.log_event(log, "worker ready", settings=settings.describe())
+    if not settings.api_keys:
+        logs.log_event(log, "no API keys configured: the API is open to anyone who can reach it",
+                       level=logging.WARNING)
+    return app
+
+
+def _init_request_hooks(app: Flask, settings: Settings) -> None:
+    @app.before_request
+    def start() -> None:
+        g.started = time.perf_counter()
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        g.log = {}
+
+    @app.after_request
+    def finish(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        fields = {"request_id": g.get("request_id"), "method": request.method, "path": endpoint,
+                  "status": response.status_code, **g.get("log", {})}
+        started = g.get("started", time.perf_counter())
+        method, status = request.method, str(response.status_code)
+
+        def done() -> None:  # after the last byte: covers streams too
+            elapsed = time.perf_counter() - started
+            metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=status).inc()
+            metrics.REQUEST_LATENCY.labels(endpoint=endpoint).observe(elapsed)
+            logs.log_event(log, "request", latency_ms=round(elapsed * 1000, 3), **fields)
+
+        response.call_on_close(done)
+        return response
+
+
+def error_response(error: ServiceError):
+    metrics.ERRORS.labels(code=error.code).inc()
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _init_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(error: ServiceError):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        kind = _HTTP_ERRORS.get(error.code or 500)
+        if kind is PayloadTooLarge:
+            limit = services().settings.max_body_bytes
+            return error_response(PayloadTooLarge(f"request body exceeds {limit} bytes"))
+        if kind is MethodNotAllowed:
+            response = error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods or []))
+            return response
+        if kind is None:
+            err = ServiceError(error.description or "error")
+            err.status, err.code = error.code or 500, (error.name or "error").lower().replace(" ", "_")
+            return error_response(err)
+        return error_response(kind(error.description if kind is not NotFound else f"no endpoint {request.path}"))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.error("unhandled error", exc_info=error, extra={"fields": {"request_id": g.get("request_id")}})
+        return error_response(InternalError(f"internal error; request id {g.get('request_id')}"))
