@@ -62,7 +62,7 @@ def _tiny_configs(data: Path, out: Path, **overrides):
     from training.train import TrainConfig
 
     tc = TrainConfig(data=str(data), out=str(out), batch_size=4, eval_batch_size=4, bptt=8, optimizer="adam",
-                     lr=0.02, clip=1.0, epochs=1, max_steps=6, seed=1234, threads=1)
+                     lr=0.02, clip=1.0, epochs=1, max_steps=20, seed=1234, threads=1)
     mc = ModelConfig(architecture="lstm", embedding_size=12, hidden_size=12, layers=2, dropout=0.0,
                      softmax="full", cutoffs=[6, 14], div_value=2.0)
     for key, value in overrides.items():
@@ -242,4 +242,31 @@ def client(app):
 
 # ======================================================================================
 # end of service fixtures
+# ======================================================================================
+
+
+# ======================================================================================
+# process fixtures: the real service under gunicorn (tests/servers.py)
+#   service_factory   service_factory(workers=1, **NEXTWORD_env) -> a started ServiceProcess on
+#                     models_dir + redis_url; every one started is stopped after the test
+# ======================================================================================
+
+
+@pytest.fixture
+def service_factory(models_dir, redis_url, tmp_path):
+    from tests.servers import ServiceProcess
+
+    started: list[ServiceProcess] = []
+
+    def start(workers: int = 1, redis: str | None = None, **env: str) -> ServiceProcess:
+        proc = ServiceProcess(models_dir, redis or redis_url, tmp_path / "services", workers=workers, **env)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+# ======================================================================================
+# end of process fixtures
 # ======================================================================================
