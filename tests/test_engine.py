@@ -118,8 +118,10 @@ def test_generation_without_prompt_continues_from_the_last_token(engine):
     gen = engine.start_generation(sid, "", None, SamplingParams(temperature=1e-6), 3, [])
     events = list(gen)
     first = events[0]["data"]
-    assert first["id"] == int(np.argmax(after))
-    assert first["probability"] == pytest.approx(float(np.exp(after.max())), abs=1e-5)
+    allowed = after.copy()
+    allowed[1] = -np.inf  # <unk> is never generated
+    assert first["id"] == int(np.argmax(allowed))
+    assert first["probability"] == pytest.approx(float(np.exp(allowed.max())), abs=1e-5)
     done = events[-1]
     assert done["event"] == "done" and done["data"]["tokens"] == 3
     assert done["data"]["session"]["tokens"] == 5
