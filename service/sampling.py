@@ -3,8 +3,9 @@
 `sample` applies, in this order: banned ids get probability 0; temperature (at or below
 `GREEDY_TEMPERATURE`, including 0, it takes the argmax and draws nothing); top-k; top-p (nucleus);
 then one uniform draw from `rng` (exactly one `rng.random()` per non-greedy call, so a seeded
-generator replays the same words). Ties are broken by the lower id everywhere. All of this runs in
-float64 on a copy; the probability returned is the model's own, before any of these changes.
+generator replays the same words). Words are ranked at float32 precision (the model's output),
+ties by the lower id; masses are summed in float64 on a copy. The probability returned is the
+model's own, before any of these changes.
 The HTTP layer validates user input; a `ValueError` here means a caller bug or a broken model.
 """
 
@@ -40,15 +41,22 @@ def _vector(log_probs: np.ndarray) -> np.ndarray:
     return lp
 
 
-def _best(scores: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the k highest scores, highest first, ties by lower id; O(V) plus O(k log k)."""
-    v = scores.size
-    if k >= v:
-        return np.lexsort((np.arange(v), -scores))
-    kth = scores[np.argpartition(scores, v - k)[v - k:]].min()  # the k-th highest value
-    above = np.flatnonzero(scores > kth)
-    ids = np.concatenate([above, np.flatnonzero(scores == kth)[: k - above.size]])  # lower ids win the tie
-    return ids[np.lexsort((ids, -scores[ids]))]
+def _rank_keys(scores: np.ndarray) -> np.ndarray:
+    """(V,) uint64 keys, all distinct, whose ascending order is: highest score first, ties by lower id.
+
+    High half: the float32 score's bits turned so that larger floats give smaller integers; low half:
+    the id. Sorting or partitioning these needs no tie-breaking pass (ranking is at float32 precision,
+    the model's own)."""
+    bits = (scores.astype(np.float32) + np.float32(0)).view(np.int32)  # + 0 turns -0.0 into 0.0
+    descending = np.where(bits < 0, bits, bits ^ np.int32(0x7FFFFFFF)).view(np.uint32)
+    return (descending.astype(np.uint64) << np.uint64(32)) | np.arange(scores.size, dtype=np.uint64)
+
+
+def _best(keys: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k best, best first: O(V) to select, O(k log k) to order."""
+    if k < keys.size:
+        keys = np.partition(keys, k - 1)[:k]
+    return (np.sort(keys) & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +64,7 @@ def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     lp = _vector(log_probs)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    ids = _best(lp.astype(np.float64), min(int(k), lp.size)).astype(np.int64)
+    ids = _best(_rank_keys(lp), min(int(k), lp.size))
     return ids, np.exp(lp[ids].astype(np.float64))
 
 
@@ -70,16 +78,16 @@ def _check(params: SamplingParams) -> None:
         raise ValueError(f"top_p must be in (0, 1], got {p}")
 
 
-def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """Positions of the smallest most-likely-first set whose mass reaches top_p (probs sum to 1)."""
-    k = _NUCLEUS_FIRST_K
+def _nucleus(weights: np.ndarray, top_p: float, best) -> np.ndarray:
+    """Positions (best first) of the smallest set holding top_p of the weights; best(k) lists the k best."""
+    total, k = weights.sum(), _NUCLEUS_FIRST_K
     while True:
-        order = _best(probs, min(k, probs.size))
-        mass = np.cumsum(probs[order])
-        if mass[-1] >= top_p or k >= probs.size:
+        positions = best(min(k, weights.size))
+        mass = np.cumsum(weights[positions]) / total
+        if mass[-1] >= top_p or positions.size == weights.size:
             break
         k *= 8
-    return order[: int(np.searchsorted(mass, top_p)) + 1]  # searchsorted: first position reaching top_p
+    return positions[: int(np.searchsorted(mass, top_p)) + 1]  # searchsorted: the first to reach top_p
 
 
 def sample(log_probs: np.ndarray, params: SamplingParams, rng: np.random.Generator,
@@ -99,13 +107,14 @@ def sample(log_probs: np.ndarray, params: SamplingParams, rng: np.random.Generat
         token = int(np.argmax(scores))  # first maximum: lower id wins a tie
         return token, float(np.exp(np.float64(lp[token])))
 
+    keys = _rank_keys(scores) if params.top_k or params.top_p < 1 else None
     scores /= params.temperature
-    ids = _best(scores, params.top_k) if 0 < params.top_k < lp.size else None  # None: every id, in id order
+    ids = _best(keys, params.top_k) if 0 < params.top_k < lp.size else None  # None: every id, in id order
     kept = scores if ids is None else scores[ids]  # (n,) n = top_k or V
     weights = np.exp(kept - kept.max())  # unnormalised; banned and -inf words weigh 0
-    if params.top_p < 1:
-        keep = _nucleus(weights / weights.sum(), params.top_p)
-        ids, weights = (keep if ids is None else ids[keep]), weights[keep]
+    if params.top_p < 1:  # positions into kept: ids themselves, or places in the best-first top-k list
+        positions = _nucleus(weights, params.top_p, np.arange if ids is not None else lambda k: _best(keys, k))
+        ids, weights = (positions if ids is None else ids[positions]), weights[positions]
     cumulative = np.cumsum(weights)
     j = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     j = min(j, int(np.searchsorted(cumulative, cumulative[-1])))  # never past the last word of weight > 0

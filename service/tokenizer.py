@@ -9,9 +9,9 @@ Two conventions (a bundle's manifest names one):
   number become `@,@` `@.@` and a hyphen between letters or digits `@-@` (`1 @,@ 000 @.@ 5`,
   `role @-@ playing`, `3 @-@ 0`); a hyphen elsewhere stays put (`18- to`, ` - `); a run of dots is
   one token (`...`, `....`); a word's final period is split off (`lit . Valkyria`) unless the word
-  has an inner period (`U.S.`, `e.g.`, `p.m.`, `Media.Vision`), is a known abbreviation (`Dr.`,
-  `St.`, `A.`; `No.` and `Op.` before a number) or the next word starts lower-case (`Jr. and`),
-  also at the end of a line (`World War I.`, `8th St.`); an apostrophe between letters starts the
+  has an inner period (`U.S.`, `e.g.`, `p.m.`, `Media.Vision`) or is a known abbreviation (`Dr.`,
+  `St.`, `A.`; `No.` and `Op.` before a number), both also at the end of a line (`World War I.`),
+  or the next word starts lower-case (`Jr. and`); an apostrophe between letters starts the
   next token (`wasn 't`, `game 's`, `May 'n`, `O 'Brien`, `'n'roll`), `'s` after a digit too
   (`1990 's`), any other apostrophe stands alone (`Girls ' Friendly`, `' Is this`).
   Curly quotes are made straight first (the corpus keeps ~500, split oddly: `father ’ s`), and `…`
@@ -19,10 +19,11 @@ Two conventions (a bundle's manifest names one):
   back 97.5% of its lines exactly; the rest are curly quotes and numbers next to `<unk>`.
 - "whitespace": split on whitespace only.
 
-Both: NFC; control and format characters dropped (a whitespace one counts as a space); each line
-break is one `<eos>`, as every corpus line ends with one; `<unk>` and `<eos>` typed literally stay
-tokens. No token is ever empty. `detokenize` undoes what it can: `detokenize(tokenize(s)) == s` for
-ordinary English (not for curly quotes, `…`, spacing around symbols, or the rare `'` it guesses wrong).
+Both: NFC; control and format characters and variation selectors dropped (a whitespace control
+counts as a space); each line break is one `<eos>`, as every corpus line ends with one; `<unk>` and
+`<eos>` typed literally stay tokens. No token is ever empty. `detokenize` undoes what it can:
+`detokenize(tokenize(s)) == s` for ordinary English (not for curly quotes, `…`, spacing around
+symbols, or the rare `'` it guesses wrong).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ EOS = "<eos>"
 
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\u2028\u2029]")
 _SPECIAL = re.compile(r"(<unk>|<eos>)")  # kept whole, never split into < unk >
+_VARIATION_SELECTOR = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")  # emoji style hints
 _STRAIGHTEN = str.maketrans({"“": '"', "”": '"', "„": '"', "‟": '"', "‘": "'", "’": "'", "‚": "'", "‛": "'",
                              "…": "..."})
 
@@ -68,7 +70,7 @@ _CLITIC = re.compile(r"'[^\W\d_]")  # 's 't 're 'n 'Brien: split off the word be
 
 def _clean(text: str) -> str:
     kept = (ch if unicodedata.category(ch) not in ("Cc", "Cf", "Cs") or ch in "\n\r"
-            else " " if ch.isspace() else "" for ch in text)
+            else " " if ch.isspace() else "" for ch in _VARIATION_SELECTOR.sub("", text))
     return unicodedata.normalize("NFC", "".join(kept))
 
 
