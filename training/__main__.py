@@ -8,8 +8,8 @@ import shlex
 import sys
 
 
-def _command() -> str:
-    return "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command(argv: list[str]) -> str:
+    return "python -m training " + " ".join(shlex.quote(a) for a in argv)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     from training.errors import TrainingError
 
@@ -71,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "export":
             from training.export import export
 
-            result = export(args.checkpoint, args.out, args.name, args.data, _command(), args.verify_steps)
+            result = export(args.checkpoint, args.out, args.name, args.data, _command(argv), args.verify_steps)
         else:
+            from training.data import check_corpus
+
+            check_corpus(args.data)  # a bad --data fails here, before torch takes seconds to import
             from training.model import ModelConfig
             from training.train import TrainConfig, train
 
@@ -87,17 +91,20 @@ def main(argv: list[str] | None = None) -> int:
                              optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                              schedule=args.schedule, lr_decay_factor=args.lr_decay_factor, clip=args.clip,
                              epochs=args.epochs, budget_minutes=args.budget_minutes, seed=args.seed,
-                             threads=args.threads, max_steps=args.max_steps, command=_command())
+                             threads=args.threads, max_steps=args.max_steps, command=_command(argv))
             mc = ModelConfig(architecture=args.architecture, embedding_size=args.embedding_size,
                              hidden_size=args.hidden_size, layers=args.layers, dropout=args.dropout, tied=args.tied,
                              softmax=args.softmax, cutoffs=cutoffs, div_value=args.div_value)
             if min(tc.batch_size, tc.eval_batch_size, tc.bptt, tc.epochs) < 1 or tc.lr <= 0:
                 raise TrainingError("--batch-size, --eval-batch-size, --bptt, --epochs and --lr must be positive")
+            if min(tc.max_steps, tc.threads) < 0:
+                raise TrainingError("--max-steps and --threads must not be negative")
             mc.vocab_size = 1  # real size is set from the corpus; validate the rest early
             mc.validate() if mc.softmax == "full" else ModelConfig(**{**mc.to_dict(), "softmax": "full", "tied": False}).validate()
             result = train(tc, mc, resume=args.resume)
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainingError, OSError) as e:  # OSError: an unwritable --out, a full disk, …
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)  # exactly one line, whatever the message held
         return 2
     except KeyboardInterrupt:
         return 130

@@ -13,6 +13,7 @@ from training.data import Vocab, file_sha256
 from training.errors import TrainingError
 
 FORMAT_VERSION = 1
+REQUIRED_KEYS = ("layers", "hidden_size", "vocab_size", "state", "onnx")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -23,8 +24,13 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise TrainingError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise TrainingError(f"{path} is not a JSON object")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise TrainingError(f"{path}: unsupported format_version {manifest.get('format_version')!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing or not isinstance(manifest["onnx"], dict) or not {"file", "sha256"} <= set(manifest["onnx"]):
+        raise TrainingError(f"{path}: missing fields {missing or ['onnx.file', 'onnx.sha256']}")
     return manifest
 
 
@@ -61,11 +67,17 @@ def open_bundle(folder: str | Path, providers: list[str] | None = None):
     if digest != manifest["onnx"]["sha256"]:
         raise TrainingError(f"{onnx_path}: sha256 {digest[:12]}… does not match the manifest's "
                             f"{manifest['onnx']['sha256'][:12]}…; the file was changed after export")
+    if not (folder / "vocab.txt").is_file():
+        raise TrainingError(f"bundle file missing: {folder / 'vocab.txt'}")
     vocab = Vocab.read(folder / "vocab.txt")
     if len(vocab) != manifest["vocab_size"]:
         raise TrainingError(f"{folder / 'vocab.txt'}: {len(vocab)} words, manifest says {manifest['vocab_size']}")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for a malformed graph
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"{onnx_path}: onnxruntime cannot load it: {first}") from None
     check_graph(session, manifest, onnx_path)
     return manifest, vocab, session

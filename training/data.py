@@ -38,6 +38,20 @@ def read_lines(path: Path) -> list[list[str]]:
     return lines
 
 
+def check_corpus(folder: str | Path) -> None:
+    """Fails fast on a missing folder or split, or a split without tokens, reading only up to each first token."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TrainingError(f"corpus folder not found: {folder}")
+    for split in SPLITS:
+        path = folder / f"{split}.txt"
+        if not path.is_file():
+            raise TrainingError(f"corpus file not found: {path}")
+        with path.open(encoding="utf-8", errors="replace") as f:
+            if not any(line.split() for line in f):
+                raise TrainingError(f"corpus file has no tokens: {path}")
+
+
 @dataclass
 class Vocab:
     """id <-> word. `words[i]` is the word with id i (= its line in vocab.txt)."""
@@ -104,8 +118,7 @@ class Corpus:
     @classmethod
     def load(cls, folder: str | Path, vocab: Vocab | None = None) -> "Corpus":
         folder = Path(folder)
-        if not folder.is_dir():
-            raise TrainingError(f"corpus folder not found: {folder}")
+        check_corpus(folder)
         lines = {split: read_lines(folder / f"{split}.txt") for split in SPLITS}
         vocab = vocab or Vocab.build(lines["train"])
         ids = {split: vocab.encode(lines[split]) for split in SPLITS}
@@ -118,6 +131,8 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
 
     Row b continues where its previous chunk ended, so the state can be carried across chunks.
     """
+    if batch_size < 1:
+        raise TrainingError(f"batch size must be positive, got {batch_size}")
     n = ids.size // batch_size
     if n < 2:
         raise TrainingError(f"a split of {ids.size} tokens is too short for batch size {batch_size}")

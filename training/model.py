@@ -48,8 +48,8 @@ class ModelConfig:
             raise TrainingError("--dropout must be in [0, 1)")
         if self.softmax == "adaptive":
             cuts = [c for c in self.cutoffs if c < self.vocab_size - 1]
-            if not cuts or cuts != sorted(set(cuts)):
-                raise TrainingError(f"--cutoffs {self.cutoffs} must increase and stay below the vocab size {self.vocab_size}")
+            if not cuts or cuts != sorted(set(cuts)) or cuts[0] < 1:
+                raise TrainingError(f"--cutoffs {self.cutoffs} must be positive, increase and stay below the vocab size {self.vocab_size}")
             self.cutoffs = cuts
 
     @property

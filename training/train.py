@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,18 +65,25 @@ def library_versions() -> dict:
 
 def save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C mid-write: drop the partial file, keep the previous checkpoint
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is foreign or truncated
+        raise TrainingError(f"{path} is not a nextword checkpoint (not a torch zip archive, or truncated)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+    except Exception as e:  # torch raises many types, with multi-paragraph messages, for a corrupt file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"cannot read checkpoint {path}: {first}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path} is not a nextword checkpoint")
     return ckpt
@@ -157,6 +165,7 @@ def train(tc: TrainConfig, mc: ModelConfig, resume: str | None = None) -> dict:
 
     started = time.monotonic() - wall
     stopped = "epochs"
+    bar = None
     params = sum(p.numel() for p in model.parameters())
     print(f"{mc.architecture} {mc.layers}x{mc.hidden_size} emb {mc.embedding_size} softmax {mc.softmax}: "
           f"{params:,} parameters, vocab {len(corpus.vocab):,}, {corpus.train.size:,} train tokens", file=sys.stderr)
@@ -209,7 +218,12 @@ def train(tc: TrainConfig, mc: ModelConfig, resume: str | None = None) -> dict:
                 print(f"wall-clock budget of {tc.budget_minutes} min reached", file=sys.stderr)
                 break
     except KeyboardInterrupt:
-        print(f"\ninterrupted; best checkpoint kept at {out / 'best.pt'}", file=sys.stderr)
+        if bar is not None:
+            bar.close()  # else tqdm redraws it at exit, after the message below
+        if (out / "best.pt").is_file():
+            print(f"\ninterrupted; best checkpoint kept at {out / 'best.pt'}", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first epoch finished; no checkpoint written", file=sys.stderr)
         raise
     best = load_checkpoint(out / "best.pt")
     model.load_state_dict(best["state_dict"])

@@ -1,0 +1,201 @@
+"""`python -m training`: the whole train -> export -> evaluate path, bad input, and Ctrl-C, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training.train import load_checkpoint, model_from_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--layers", "1", "--embedding-size", "8", "--hidden-size", "8", "--batch-size", "4", "--eval-batch-size", "4",
+        "--bptt", "8", "--optimizer", "adam", "--lr", "0.02", "--threads", "1", "--seed", "7"]
+
+
+def _cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------- the happy path
+
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """`python -m training ARGS` in this process (torch is already imported here): (code, stdout, stderr)."""
+    from training.__main__ import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_export_evaluate(tiny_corpus, tmp_path, capsys):
+    run, bundle = tmp_path / "run", tmp_path / "models" / "tiny-gru"
+    train_args = ["train", "--data", tiny_corpus, "--out", run, "--architecture", "gru", *TINY,
+                  "--epochs", "2", "--max-steps", "15"]
+    code, out, err = _main(capsys, *train_args)
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and summary["checkpoint"] == str(run / "best.pt")
+    train_command = "python -m training " + " ".join(shlex.quote(str(a)) for a in train_args)
+    assert load_checkpoint(run / "best.pt")["train_config"]["command"] == train_command
+
+    exported = _cli("export", "--checkpoint", run / "best.pt", "--out", bundle, "--data", tiny_corpus,
+                    "--verify-steps", "5")
+    assert exported.returncode == 0, exported.stderr
+    assert "Warning" not in exported.stderr and "Traceback" not in exported.stderr
+    result = json.loads(exported.stdout.strip().splitlines()[-1])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert result["sha256"] == manifest["onnx"]["sha256"] == result["sha256"]
+    assert manifest["name"] == "tiny-gru" and manifest["architecture"] == "gru" and manifest["layers"] == 1
+    assert manifest["training"]["command"] == train_command
+    assert manifest["training"]["seed"] == 7 and manifest["training"]["epochs"] == 2
+    assert manifest["export"]["command"].startswith("python -m training export --checkpoint ")
+
+    evaluated = _cli("evaluate", "--bundle", bundle, "--text", tiny_corpus / "test.txt", "--batch-size", "4")
+    assert evaluated.returncode == 0, evaluated.stderr
+    ppl = json.loads(evaluated.stdout)["perplexity"]
+    assert ppl == pytest.approx(manifest["metrics"]["test_perplexity"], rel=1e-4)
+    assert ppl == pytest.approx(load_checkpoint(run / "best.pt")["test_ppl_torch"], rel=1e-3)
+
+
+# ---------------------------------------------------------------------------- bad input: one line, no traceback
+
+def _corpus_without(tiny_corpus: Path, folder: Path, drop: str | None = None, empty: str | None = None) -> Path:
+    shutil.copytree(tiny_corpus, folder)
+    if drop:
+        (folder / drop).unlink()
+    if empty:
+        (folder / empty).write_text("")
+    return folder
+
+
+def _tamper(bundle: Path) -> Path:
+    path = bundle / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return bundle
+
+
+# id -> (argv builder(tiny_corpus, tiny_bundle, tmp) , what the error line must say)
+BAD_INPUT = {
+    "missing-corpus-folder": (lambda c, b, t: ["train", "--data", t / "nope", "--out", t / "o", *TINY],
+                              "corpus folder not found"),
+    "missing-test-split": (lambda c, b, t: ["train", "--data", _corpus_without(c, t / "c", drop="test.txt"),
+                                            "--out", t / "o", *TINY], "corpus file not found: .*test.txt"),
+    "empty-train-split": (lambda c, b, t: ["train", "--data", _corpus_without(c, t / "c", empty="train.txt"),
+                                           "--out", t / "o", *TINY], "corpus file has no tokens: .*train.txt"),
+    "missing-valid-split": (lambda c, b, t: ["train", "--data", _corpus_without(c, t / "c", drop="valid.txt"),
+                                             "--out", t / "o", *TINY], "corpus file not found: .*valid.txt"),
+    "empty-valid-split": (lambda c, b, t: ["train", "--data", _corpus_without(c, t / "c", empty="valid.txt"),
+                                           "--out", t / "o", *TINY], "corpus file has no tokens: .*valid.txt"),
+    "unknown-architecture": (lambda c, b, t: ["train", "--data", c, "--out", t / "o", *TINY,
+                                              "--architecture", "transformer"], "unknown architecture 'transformer'"),
+    "zero-cutoff": (lambda c, b, t: ["train", "--data", c, "--out", t / "o", *TINY, "--softmax", "adaptive",
+                                     "--cutoffs", "0,5"], "--cutoffs"),
+    "resume-from-a-text-file": (lambda c, b, t: ["train", "--data", c, "--out", t / "o", *TINY,
+                                                 "--resume", c / "train.txt"], "not a nextword checkpoint"),
+    "out-is-a-file": (lambda c, b, t: ["train", "--data", c, "--out", c / "train.txt" / "run", *TINY,
+                                       "--max-steps", "1", "--epochs", "1"], "Not a directory"),
+    "export-a-missing-checkpoint": (lambda c, b, t: ["export", "--checkpoint", t / "no.pt", "--out", t / "b"],
+                                    "checkpoint not found"),
+    "evaluate-a-tampered-bundle": (lambda c, b, t: ["evaluate", "--bundle", _tamper(shutil.copytree(b, t / "b")),
+                                                    "--text", c / "test.txt"],
+                                   "model.onnx: sha256 .* does not match the manifest"),
+    "evaluate-a-missing-bundle": (lambda c, b, t: ["evaluate", "--bundle", t / "nope", "--text", c / "test.txt"],
+                                  "bundle folder not found"),
+    "evaluate-batch-size-zero": (lambda c, b, t: ["evaluate", "--bundle", b, "--text", c / "test.txt",
+                                                  "--batch-size", "0"], "batch size must be positive"),
+}
+
+
+def _one_error_line(case: str, code: int, out: str, err: str) -> None:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert re.search(BAD_INPUT[case][1], lines[0]), lines[0]
+    assert out == ""
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_ends_in_one_error_line(case, tiny_corpus, tiny_bundle, tmp_path, capsys):
+    argv = BAD_INPUT[case][0](tiny_corpus, tiny_bundle, tmp_path)
+    _one_error_line(case, *_main(capsys, *argv))
+
+
+# The issue's cases again as real processes: exit status, stderr and no traceback as a user sees them.
+AS_PROCESSES = ["missing-corpus-folder", "missing-test-split", "empty-train-split", "missing-valid-split",
+                "empty-valid-split", "unknown-architecture", "evaluate-a-tampered-bundle"]
+
+
+@pytest.mark.parametrize("case", AS_PROCESSES)
+def test_bad_input_as_a_real_process_exits_with_one_error_line(case, tiny_corpus, tiny_bundle, tmp_path):
+    done = _cli(*BAD_INPUT[case][0](tiny_corpus, tiny_bundle, tmp_path))
+    _one_error_line(case, done.returncode, done.stdout, done.stderr)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+
+def test_ctrl_c_exits_130_keeps_a_loadable_best_checkpoint_and_resume_goes_on(tiny_corpus, tmp_path, capsys):
+    """A real SIGINT to a running `train`, sent once the first epoch's checkpoints are written."""
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_corpus), "--out", str(run), *TINY, "--max-steps", "3"]
+    proc = subprocess.Popen([sys.executable, "-m", "training", *args, "--epochs", "100000"],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "last.pt").exists():  # written after best.pt, with os.replace
+            assert proc.poll() is None and time.monotonic() < deadline, "training ended or stalled"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and out == ""
+    assert err.rstrip().splitlines()[-1] == f"interrupted; best checkpoint kept at {run / 'best.pt'}"
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] >= 1
+    model, vocab = model_from_checkpoint(best)
+    assert model.cfg.vocab_size == len(vocab)
+    assert not list(run.glob("*.tmp"))
+
+    done = load_checkpoint(run / "last.pt")["epoch"]
+    code, out, err = _main(capsys, *args, "--epochs", done + 1, "--resume", run / "last.pt")
+    assert code == 0, err
+    assert f"resumed from {run / 'last.pt'} after epoch {done}" in err
+    assert json.loads(out)["epochs"] == done + 1
+    assert [h["epoch"] for h in load_checkpoint(run / "last.pt")["history"]] == list(range(1, done + 2))
+
+
+def test_main_returns_130_on_keyboard_interrupt(tiny_corpus, tmp_path, monkeypatch):
+    from training import __main__ as cli
+    from training.model import RNNModel
+
+    calls = []
+    original = RNNModel.loss
+
+    def loss(self, *args, **kwargs):
+        if self.training:
+            calls.append(1)
+            if len(calls) == 5:  # the second training step of epoch 2
+                raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RNNModel, "loss", loss)
+    code = cli.main(["train", "--data", str(tiny_corpus), "--out", str(tmp_path / "run"), *TINY,
+                     "--epochs", "3", "--max-steps", "3", "--dropout", "0"])
+    assert code == 130 and len(calls) == 5
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
