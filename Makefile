@@ -35,14 +35,16 @@ train-lstm: install-dev
 	  --embedding-size 128 --hidden-size 256 --dropout 0.25 --softmax adaptive --cutoffs 2000,10000 \
 	  --optimizer adam --lr 0.003 --schedule cosine --clip 1.0 --batch-size 20 --bptt 35 --epochs 7 \
 	  --seed 1111 --threads 1
-	$(PY) -m training export --checkpoint runs/wikitext2-lstm/best.pt --out models/wikitext2-lstm --data $(DATA)
+	$(PY) -m training export --checkpoint runs/wikitext2-lstm/best.pt --out models/wikitext2-lstm --data $(DATA) \
+	  --context-window 200
 
 train-rnn: install-dev
 	$(PY) -m training train --data $(DATA) --out runs/wikitext2-rnn --architecture rnn_tanh --layers 2 \
 	  --embedding-size 128 --hidden-size 256 --dropout 0.1 --softmax adaptive --cutoffs 2000,10000 \
 	  --optimizer adam --lr 0.001 --schedule cosine --clip 0.5 --batch-size 20 --bptt 35 --epochs 6 \
 	  --seed 1111 --threads 1
-	$(PY) -m training export --checkpoint runs/wikitext2-rnn/best.pt --out models/wikitext2-rnn --data $(DATA)
+	$(PY) -m training export --checkpoint runs/wikitext2-rnn/best.pt --out models/wikitext2-rnn --data $(DATA) \
+	  --context-window 200
 
 clean:
 	rm -rf $(VENV) runs var .pytest_cache

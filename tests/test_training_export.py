@@ -256,3 +256,20 @@ def test_perplexity_scores_each_parallel_stream_as_if_alone(tiny_bundle, tiny_co
     assert pieces == pytest.approx(ppl, rel=1e-5)
     ppl_whole, _ = perplexity(session, manifest, ids, 1)
     assert ppl_whole != pytest.approx(ppl, rel=1e-6)  # the split matters, so the comparison above can fail
+
+
+def test_context_profile_buckets_every_prediction_by_its_context_length(tiny_bundle, tiny_corpus):
+    from training.evaluate import context_profile
+
+    manifest, vocab, session = open_bundle(tiny_bundle)
+    ids = Corpus.load(tiny_corpus, vocab).test
+    batch, window = 4, 12
+    buckets = context_profile(session, manifest, ids, batch, window)
+    n = batchify(ids, batch).shape[1] - 1
+    assert sum(b["tokens"] for b in buckets) == batch * n
+    assert [b["context"] for b in buckets] == ["1", "2", "3-4", "5-9", "10-12"]
+    assert buckets[0]["tokens"] == batch * len(range(0, n, window))  # one first-token prediction per window
+    # A window longer than the stream never resets: the buckets' pooled NLL is the plain perplexity.
+    long = context_profile(session, manifest, ids, batch, window=10 * n)
+    pooled = np.exp(sum(np.log(b["perplexity"]) * b["tokens"] for b in long) / sum(b["tokens"] for b in long))
+    assert pooled == pytest.approx(perplexity(session, manifest, ids, batch)[0], rel=1e-3)

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="bundle name (default: the folder's name)")
     e.add_argument("--data", help="corpus folder: measure valid/test perplexity of the exported file")
     e.add_argument("--verify-steps", type=int, default=20)
+    e.add_argument("--context-window", type=int, default=0,
+                   help="with --data: record test perplexity by context length (state reset every N tokens)")
 
     v = sub.add_parser("evaluate", help="perplexity of a bundle through onnxruntime (no torch)")
     v.add_argument("--bundle", required=True)
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "export":
             from training.export import export
 
-            result = export(args.checkpoint, args.out, args.name, args.data, _command(argv), args.verify_steps)
+            result = export(args.checkpoint, args.out, args.name, args.data, _command(argv), args.verify_steps,
+                            args.context_window)
         else:
             from training.data import check_corpus
 

@@ -36,10 +36,39 @@ def perplexity(session, manifest: dict, ids: np.ndarray, batch_size: int = 10) -
     return math.exp(total / count), count
 
 
-def evaluate_file(bundle: str | Path, text: str | Path, batch_size: int = 10) -> dict:
+CONTEXT_EDGES = (1, 2, 3, 5, 10, 20, 50, 100)  # context-length buckets [edge_i, edge_i+1), the last up to the window
+
+
+def context_profile(session, manifest: dict, ids: np.ndarray, batch_size: int = 50, window: int = 200) -> list[dict]:
+    """Perplexity by how many tokens of context the model had: the state is reset every `window` tokens,
+    so the token after position t of a window was predicted from t + 1 tokens. A model that uses long
+    context keeps improving in the later buckets; one that forgets flattens early."""
+    data = batchify(ids, batch_size)  # (batch, n)
+    outputs = ["log_probs"] + [s["output"] for s in manifest["state"]]
+    rows = np.arange(batch_size)
+    edges = [e for e in CONTEXT_EDGES if e < window] + [window + 1]
+    nll = np.zeros(len(edges) - 1)
+    count = np.zeros(len(edges) - 1, dtype=np.int64)
+    state = zero_state(manifest, batch_size)
+    for t in range(data.shape[1] - 1):
+        if t % window == 0:
+            state = zero_state(manifest, batch_size)
+        log_probs, *new = session.run(outputs, {"tokens": data[:, t : t + 1], **state})  # (batch, vocab)
+        bucket = int(np.searchsorted(edges, t % window + 1, side="right")) - 1
+        nll[bucket] -= float(log_probs[rows, data[:, t + 1]].astype(np.float64).sum())
+        count[bucket] += batch_size
+        state = {s["input"]: h for s, h in zip(manifest["state"], new)}
+    return [{"context": f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo), "perplexity": round(math.exp(n / c), 3),
+             "tokens": int(c)} for lo, hi, n, c in zip(edges, edges[1:], nll, count) if c]
+
+
+def evaluate_file(bundle: str | Path, text: str | Path, batch_size: int = 10, context_window: int = 0) -> dict:
     manifest, vocab, session = open_bundle(bundle)
     ids = vocab.encode(read_lines(Path(text)))
     ppl, count = perplexity(session, manifest, ids, batch_size)
-    return {"bundle": str(bundle), "text": str(text), "perplexity": round(ppl, 4), "tokens": count,
-            "batch_size": batch_size}
+    result = {"bundle": str(bundle), "text": str(text), "perplexity": round(ppl, 4), "tokens": count,
+              "batch_size": batch_size}
+    if context_window:
+        result["context_profile"] = context_profile(session, manifest, ids, batch_size, context_window)
+    return result
 

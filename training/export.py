@@ -23,7 +23,7 @@ import torch
 from training.bundle import FORMAT_VERSION, open_bundle
 from training.data import Corpus, file_sha256
 from training.errors import TrainingError
-from training.evaluate import perplexity
+from training.evaluate import context_profile, perplexity
 from training.train import library_versions, load_checkpoint, model_from_checkpoint
 
 OPSET = 17
@@ -106,7 +106,7 @@ def verify(model, session, steps: int = 20, seed: int = 0) -> dict:
 
 
 def export(checkpoint: str, out: str, name: str | None = None, data: str | None = None,
-           command: str = "", verify_steps: int = 20) -> dict:
+           command: str = "", verify_steps: int = 20, context_window: int = 0) -> dict:
     import onnxruntime as ort
 
     started = time.monotonic()
@@ -168,6 +168,10 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
             manifest["metrics"] = {"valid_perplexity": round(valid_ppl, 3), "test_perplexity": round(test_ppl, 3),
                                    "valid_tokens": valid_n, "test_tokens": test_n, "eval_batch_size": batch,
                                    "measured_with": f"onnxruntime {ort.__version__} on the exported model.onnx"}
+            if context_window:
+                manifest["metrics"]["context_profile"] = {
+                    "split": "test", "window": context_window,
+                    "buckets": context_profile(session, manifest, corpus.test, 50, context_window)}
         (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         open_bundle(tmp_dir)  # the written bundle must pass the same checks the service runs
         if out_dir.exists():
