@@ -57,6 +57,7 @@ def providers_for(device: str) -> list[str]:
 
 
 def open_session(bundle: Bundle, device: str, threads: int) -> ort.InferenceSession:
+    ort.disable_telemetry_events()  # a serving process phones nowhere
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
