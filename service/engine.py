@@ -224,11 +224,22 @@ class Engine:
 class Generation:
     """One generation as an iterator of events: `token` per sampled word, then `done`.
 
-    Commit rule: the session ends holding the prompt plus every token that was emitted, written
-    once, as a compare-and-set against the version the generation started from. A client that
-    disconnects closes the iterator; the tokens emitted until then are committed. When that write
-    fails (Redis down, or another request changed the session meanwhile), the session is left
-    exactly as it was before the generation.
+    Commit rule: a generation writes the session at most once, as a compare-and-set against the
+    version it started from; nothing is written while it runs. Each token is fed to the state as
+    it is sampled, before its event is yielded.
+    - Finished (`done`): the session holds the prompt plus every generated token, a stop word or
+      `<eos>` that ended it included; written before the `done` event, which shows the session.
+    - Client disconnect: the WSGI server notices when writing an event fails and closes the
+      iterator at that event's yield. The session then holds the prompt plus every token whose
+      event was yielded, the one whose write failed included: at least every token the client
+      received, plus any in flight. `GET /sessions/<id>` counts them; the same seed from the same
+      state replays them. A stream closed before its first event commits the prompt alone (for a
+      session that had read nothing and got no prompt, the `<eos>` a generation starts from).
+    - Error (`event: error`, or the error response when drained): nothing of the generation is
+      written, not even its prompt, and nothing is retried later. This covers a failed model step,
+      Redis failing at the commit, and another request changing the session meanwhile
+      (`session_conflict`): the session is as it was, or as that other request left it.
+    A commit that fails after a disconnect leaves the session as it was, too.
     """
 
     def __init__(self, engine: Engine, record: SessionRecord, runtime: ModelRuntime, state: SessionState,
@@ -239,11 +250,16 @@ class Generation:
         self.reading, self.params, self.max_tokens, self.stop = reading, params, max_tokens, stop
         self.started = started
         self.committed: SessionRecord | None = None
+        self.failed = False  # ended with an error (commit included): nothing of it may be written later
         self._closed = False
 
     def _commit(self) -> SessionRecord:
-        self.committed = self.engine.store.compare_and_set(self.record.session_id, self.record.version,
-                                                           self.state.encode(), self.fed)
+        try:
+            self.committed = self.engine.store.compare_and_set(self.record.session_id, self.record.version,
+                                                               self.state.encode(), self.fed)
+        except SessionConflict:  # not re-run: its tokens were already sent
+            raise SessionConflict(f"session {self.record.session_id} changed while this generation ran; nothing "
+                                  "of it was kept", field="session_id") from None
         return self.committed
 
     def __iter__(self) -> Iterator[dict]:
@@ -282,6 +298,11 @@ class Generation:
             yield {"event": "done", "data": {
                 "finish_reason": finish, "text": detokenize(words, bundle.convention), "tokens": index + 1,
                 "model": model, "session": self.engine.session_view(record)}}
+        except GeneratorExit:  # the client went away: close() below commits what was emitted
+            raise
+        except BaseException:  # the caller reports this error; a later write would contradict it
+            self.failed = True
+            raise
         finally:
             metrics.ACTIVE_STREAMS.dec()
             self.close()
@@ -296,8 +317,8 @@ class Generation:
             return
         self._closed = True
         self.engine._streams.release()
-        if self.committed is None and self.fed:
-            try:  # disconnect or failure mid-stream: keep what was emitted, if the session allows
+        if self.committed is None and self.fed and not self.failed:
+            try:  # disconnect mid-stream: keep what was emitted, if the session allows
                 self._commit()
             except Exception:  # noqa: BLE001 - the session stays as it was; the caller sees the first error
                 pass
