@@ -272,4 +272,4 @@ def _num(value: float) -> str:
 
 
 def _not_found() -> SessionNotFound:
-    return SessionNotFound("unknown or expired session")
+    return SessionNotFound("unknown or expired session", field="session_id")

@@ -1,5 +1,504 @@
-"""The OpenAPI 3.1 document served at /openapi.json."""
+"""The OpenAPI 3.1 document served at /openapi.json, built from the settings whose limits it states.
+Knows nothing of Flask; `tests/test_openapi.py` validates it and runs schemathesis against it.
+
+Request schemas say exactly what the validators in `validation.py` accept (and nothing more), so a
+generator that follows the schema gets 2xx and one that breaks it gets 4xx: optional fields are
+nullable (null means "use the default"), strings may hold no NUL, `additionalProperties: false`.
+Two limits cannot be written in JSON Schema and are stated in descriptions: the body size (413
+before the body is read) and the token count of a text (400 past `max_text_tokens`).
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+
+from service.config import Settings
+from service.errors import ERROR_TYPES
+
+VERSION = "0.1.0"
+_MIME_JSON = "application/json"
+_MIME_BINARY = "application/octet-stream"
+_MIME_SSE = "text/event-stream"
+_NAME = r"^[^\x00]*[^\s\x00][^\x00]*$"  # what `validation.string` accepts: not blank, no NUL
+_NON_BLANK = r"\S"  # `stop` items: anything but whitespace only (NUL allowed)
 
 
-def spec() -> dict:
-    return {"openapi": "3.1.0", "info": {"title": "nextword", "version": "0.1.0"}, "paths": {}}
+@functools.cache
+def _text_pattern() -> str:
+    """Not blank, no NUL, and at least one character the tokenizer keeps (it drops control and format
+    characters and variation selectors), so a text matching it always has a word. Lone surrogates (Cs)
+    are left out of the class: they are not Unicode scalar values, and regex engines that work on
+    those (Rust's, used by schemathesis) refuse a pattern naming them."""
+    dropped, start = [], None
+    for code in range(0x110001):
+        ch = chr(code) if code < 0x110000 else ""
+        gone = bool(ch) and (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf")
+                             or 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF)
+        if gone and start is None:
+            start = code
+        elif not gone and start is not None:
+            dropped.append((start, code - 1))
+            start = None
+    ranges = "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in dropped)
+    return f"^[^\\x00]*[^{ranges}][^\\x00]*$"
+
+
+def _escape(code: int) -> str:
+    if code < 0x80 and chr(code).isalnum():
+        return chr(code)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return chr(code)  # astral: the literal character (no escape means the same in Python and ECMA-262 regexes)
+
+
+def _nullable(schema: dict) -> dict:
+    """Optional request fields: null means absent, i.e. the default."""
+    out = dict(schema)
+    out["type"] = [schema["type"], "null"]
+    return out
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, example=None) -> dict:
+    content = {"schema": schema}
+    if example is not None:
+        content["example"] = example
+    return {_MIME_JSON: content}
+
+
+def _header(name: str) -> dict:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def _error(description: str, *codes: str, headers: dict | None = None) -> dict:
+    text = description + (" Error codes: " + ", ".join(f"`{c}`" for c in codes) + "." if codes else "")
+    return {"description": text, "headers": {"X-Request-ID": _header("X-Request-ID"), **(headers or {})},
+            "content": _json(_ref("Error"))}
+
+
+def _ok(description: str, content: dict | None, headers: dict | None = None) -> dict:
+    out = {"description": description, "headers": {"X-Request-ID": _header("X-Request-ID"), **(headers or {})}}
+    if content is not None:
+        out["content"] = content
+    return out
+
+
+# Error responses shared by the operations below (each lists the ones it can actually return).
+_E401 = _error("Missing or unknown API key (only when API keys are configured).", "unauthorized",
+               headers={"WWW-Authenticate": _header("WWW-Authenticate")})
+_E405 = _error("The path exists, not with this method.", "method_not_allowed", headers={"Allow": _header("Allow")})
+_E413 = _error("The request body is larger than NEXTWORD_MAX_BODY_BYTES; it is not read.", "payload_too_large")
+_E415 = _error("The body is not `application/json`.", "unsupported_media_type")
+
+
+def _e400(extra: str = "") -> dict:
+    return _error("The body is not a UTF-8 JSON object, has an unknown field, or a field is missing, mistyped or "
+                  "out of range (`field` names it)." + extra, "invalid_json", "invalid_input")
+
+
+def _e404(*codes: str) -> dict:
+    return _error("Unknown model, or a session that is unknown, expired, deleted or another API key's.", *codes)
+
+
+def _e409() -> dict:
+    return _error("The session was made with another model or another version of its bundle (start a new session), "
+                  "or it kept changing under this request (retry).", "model_mismatch", "session_conflict")
+
+
+def _e429() -> dict:
+    return _error("Too many concurrent generations on this worker, or too many queued model steps.", "overloaded",
+                  headers={"Retry-After": _header("Retry-After")})
+
+
+def _e503(*codes: str) -> dict:
+    return _error("Redis (the session store) cannot be reached, or the model runtime failed; retry after "
+                  "`Retry-After` seconds when it is sent.", *codes,
+                  headers={"Retry-After": {"description": "Seconds to wait before retrying; sent with "
+                                                          "`state_store_unavailable` and `overloaded`.",
+                                           "schema": {"type": "integer", "minimum": 0}}})
+
+
+def _schemas(s: Settings) -> dict:
+    name = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _NAME}
+    text = {"type": "string", "minLength": 1, "maxLength": s.max_body_bytes, "pattern": _text_pattern()}
+    session_view = {
+        "type": "object",
+        "required": ["session_id", "model", "model_version", "tokens", "version", "created", "updated",
+                     "expires_in", "expires_at"],
+        "properties": {
+            "session_id": {"type": "string", "description": "At least 128 random bits, URL-safe."},
+            "model": {"type": "string"},
+            "model_version": {"type": "string", "description": "First 12 hex digits of the bundle's model.onnx "
+                                                               "sha256 the session was made with."},
+            "tokens": {"type": "integer", "minimum": 0, "description": "Tokens consumed so far."},
+            "version": {"type": "integer", "minimum": 0, "description": "Grows by one per write."},
+            "created": {"type": "number", "description": "Unix seconds."},
+            "updated": {"type": "number", "description": "Unix seconds."},
+            "expires_in": {"type": "integer", "minimum": 0,
+                           "description": f"Seconds until the session expires unless used again (every access "
+                                          f"slides it back to NEXTWORD_SESSION_TTL_SECONDS, now {s.session_ttl_seconds})."},
+            "expires_at": {"type": "number", "description": "Unix seconds."},
+        },
+    }
+    model_info = {
+        "type": "object",
+        "required": ["name", "architecture", "layers", "hidden_size", "embedding_size", "vocab_size", "version",
+                     "sha256", "text_convention", "metrics", "provider"],
+        "properties": {
+            "name": {"type": "string"},
+            "architecture": {"type": "string", "examples": ["lstm", "rnn_tanh", "gru"]},
+            "layers": {"type": "integer"},
+            "hidden_size": {"type": "integer"},
+            "embedding_size": {"type": "integer"},
+            "vocab_size": {"type": "integer"},
+            "version": {"type": "string", "description": "First 12 hex digits of `sha256`."},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "text_convention": {"type": "string", "enum": ["wikitext", "whitespace"],
+                                "description": "How raw text is split into the corpus's tokens."},
+            "metrics": {"type": "object", "description": "Perplexities measured on the exported ONNX file."},
+            "provider": {"type": "string", "examples": ["CPUExecutionProvider", "CUDAExecutionProvider"]},
+        },
+    }
+    token_event = {
+        "type": "object",
+        "required": ["index", "id", "word", "probability"],
+        "properties": {"index": {"type": "integer", "minimum": 0}, "id": {"type": "integer", "minimum": 0},
+                       "word": {"type": "string"}, "probability": {"type": "number", "minimum": 0, "maximum": 1}},
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["error"],
+            "properties": {"error": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["code", "message", "field"],
+                "properties": {
+                    "code": {"type": "string", "enum": sorted({e.code for e in ERROR_TYPES}),
+                             "description": "Stable, machine-readable."},
+                    "message": {"type": "string", "description": "For people; names the field and the limit."},
+                    "field": {"type": ["string", "null"],
+                              "description": "The request field at fault (body field or path parameter), or null."},
+                },
+            }},
+            "example": {"error": {"code": "invalid_input", "message": "`top_k` must be at most 1000",
+                                  "field": "top_k"}},
+        },
+        "PredictRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["text"],
+            "properties": {
+                "text": {**text, "description": (
+                    "Raw text, split the way the model's corpus was split (see the model's `text_convention`); "
+                    f"each line break is an `<eos>`. At most {s.max_text_tokens} tokens after splitting "
+                    "(NEXTWORD_MAX_TEXT_TOKENS; more is a 400 on `text`), and at least one word. With a "
+                    "session, the text is appended to the session's context.")},
+                "model": _nullable({**name, "description": "A loaded model (GET /models); default: the "
+                                                           "service's default model, or the session's."}),
+                "top_k": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_top_k,
+                                    "description": "How many predictions the JSON response lists (default 10; "
+                                                   "clipped to the vocabulary size)."}),
+                "session_id": _nullable({**name, "description": "Continue this session: the text is fed after "
+                                                                "its state, and the new state is stored."}),
+            },
+            "example": {"text": "the cat", "top_k": 5},
+        },
+        "Prediction": {
+            "type": "object",
+            "required": ["model", "predictions", "tokens", "unknown"],
+            "properties": {
+                "model": {"type": "string"},
+                "predictions": {
+                    "type": "array",
+                    "description": "The most likely next words, most likely first.",
+                    "items": {"type": "object", "required": ["word", "id", "probability"],
+                              "properties": {"word": {"type": "string"}, "id": {"type": "integer", "minimum": 0},
+                                             "probability": {"type": "number", "minimum": 0, "maximum": 1}}},
+                },
+                "tokens": {"type": "array", "items": {"type": "string"},
+                           "description": "The text as the model read it."},
+                "unknown": {"type": "array", "items": {"type": "string"},
+                            "description": "Tokens outside the vocabulary, read as `<unk>`."},
+                "session": _ref("Session"),
+            },
+        },
+        "CreateSessionRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"model": _nullable({**name, "description": "Default: the service's default model."})},
+            "example": {"model": "wikitext2-lstm"},
+        },
+        "Session": session_view,
+        "GenerateRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "text": _nullable({**text, "description": (
+                    "Prompt appended to the session before sampling (same rules as /predict's `text`). "
+                    "Without it, sampling continues from the session's last token (or from a line start for a "
+                    "new session).")}),
+                "max_tokens": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_generate_tokens,
+                                         "description": f"Tokens to sample at most (default "
+                                                        f"{min(32, s.max_generate_tokens)}; the ceiling is "
+                                                        "NEXTWORD_MAX_GENERATE_TOKENS, above it is a 400)."}),
+                "temperature": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 100,
+                                          "description": "Default 1; at or below 1e-5 sampling is greedy."}),
+                "top_k": _nullable({"type": "integer", "minimum": 0, "maximum": 1_000_000,
+                                    "description": "Sample among the k most likely words; 0 (default) = all."}),
+                "top_p": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                    "description": "Nucleus sampling mass; 1 (default) = all."}),
+                "seed": _nullable({"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
+                                   "description": "Same seed, same session state and parameters: same words."}),
+                "stop": _nullable({"type": "array", "maxItems": 16,
+                                   "items": {"type": "string", "minLength": 1, "maxLength": 100,
+                                             "pattern": _NON_BLANK},
+                                   "description": "Words that end the generation (not included in `text`)."}),
+            },
+            "example": {"text": "the cat", "max_tokens": 8, "temperature": 0.8, "top_p": 0.95, "seed": 7,
+                        "stop": ["."]},
+        },
+        "Generation": {
+            "type": "object",
+            "required": ["finish_reason", "text", "tokens", "model", "session", "token_details"],
+            "properties": {
+                "finish_reason": {"type": "string", "enum": ["length", "eos", "stop"]},
+                "text": {"type": "string", "description": "The sampled words, detokenized (stop word and "
+                                                          "`<eos>` left out)."},
+                "tokens": {"type": "integer", "minimum": 1, "description": "Tokens sampled."},
+                "model": {"type": "string"},
+                "session": _ref("Session"),
+                "token_details": {"type": "array", "items": _ref("TokenEvent")},
+            },
+        },
+        "TokenEvent": token_event,
+        "ModelInfo": model_info,
+        "ModelList": {
+            "type": "object",
+            "required": ["default", "models"],
+            "properties": {"default": {"type": "string"}, "models": {"type": "array", "items": _ref("ModelInfo")}},
+        },
+        "ModelDetail": {
+            "allOf": [_ref("ModelInfo"), {"type": "object", "required": ["manifest"], "properties": {
+                "manifest": {"type": "object", "description": "The bundle's manifest.json: shapes, special tokens, "
+                                                              "text convention, how it was trained and measured."}}}],
+        },
+        "Vocabulary": {
+            "type": "object",
+            "required": ["model", "size", "words", "special_tokens"],
+            "properties": {
+                "model": {"type": "string"},
+                "size": {"type": "integer", "minimum": 1},
+                "words": {"type": "array", "items": {"type": "string"},
+                          "description": "Id order: `words[i]` is the word of id i, and of the i-th float32 of "
+                                         "/predict's octet-stream response."},
+                "special_tokens": {"type": "object", "additionalProperties": {"type": "integer"},
+                                   "examples": [{"unk": 0, "eos": 1}]},
+            },
+        },
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "alive"}}},
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "models", "redis"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "unavailable"]},
+                "models": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "provider", "version"],
+                    "properties": {"name": {"type": "string"}, "provider": {"type": "string"},
+                                   "version": {"type": "string"}}}},
+                "redis": {"type": "string", "description": "`ok`, or why the session store is unavailable."},
+            },
+        },
+    }
+
+
+def _paths(s: Settings) -> dict:
+    session_id = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "From POST /sessions."}
+    model_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "A loaded model's name (GET /models)."}
+    open_ = {"security": []}
+    session_links = {
+        "GetSession": {"operationId": "getSession", "parameters": {"session_id": "$response.body#/session_id"}},
+        "DeleteSession": {"operationId": "deleteSession", "parameters": {"session_id": "$response.body#/session_id"}},
+        "Generate": {"operationId": "generate", "parameters": {"session_id": "$response.body#/session_id"}},
+    }
+    return {
+        "/predict": {"post": {
+            "operationId": "predict",
+            "tags": ["predict"],
+            "summary": "Next-word distribution after a text (optionally continuing a session)",
+            "description": (
+                "JSON by default: the `top_k` most likely next words. With `Accept: application/octet-stream` "
+                "the body is the whole next-word distribution: `vocab_size` little-endian float32 "
+                "probabilities in vocabulary order (GET /models/{name}/vocab), with the model in `X-Model` "
+                "and the vocabulary size in `X-Vocab-Size`. With `session_id`, the text is appended to the "
+                "session's context (one compare-and-set write; concurrent calls on one session all count)."),
+            "requestBody": {"required": True, "content": _json(_ref("PredictRequest"))},
+            "responses": {
+                "200": _ok("The next-word distribution.", {
+                    _MIME_JSON: {"schema": _ref("Prediction")},
+                    _MIME_BINARY: {"schema": {"type": "string", "format": "binary",
+                                              "contentMediaType": _MIME_BINARY,
+                                              "description": "vocab_size float32 little-endian probabilities"}},
+                }, headers={"X-Model": _header("X-Model"), "X-Vocab-Size": _header("X-Vocab-Size"),
+                            "X-Dtype": _header("X-Dtype"), "X-Session-Tokens": _header("X-Session-Tokens")}),
+                "400": _e400(f" A text of more than {s.max_text_tokens} tokens, or with no word, is a 400 on "
+                             "`text`."),
+                "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405,
+                "406": _error("`Accept` allows neither application/json nor application/octet-stream.",
+                              "not_acceptable"),
+                "409": _e409(), "413": _E413, "415": _E415, "429": _e429(),
+                "503": _e503("state_store_unavailable", "model_unavailable"),
+            },
+        }},
+        "/models": {"get": {
+            "operationId": "listModels", "tags": ["models"], "summary": "The loaded models and the default one",
+            "responses": {"200": _ok("Every loaded bundle.", _json(_ref("ModelList"))), "401": _E401,
+                          "405": _E405},
+        }},
+        "/models/{name}": {"get": {
+            "operationId": "getModel", "tags": ["models"], "summary": "One model, with its manifest",
+            "parameters": [model_name],
+            "responses": {"200": _ok("The model.", _json(_ref("ModelDetail"))), "401": _E401,
+                          "404": _e404("unknown_model", "not_found"), "405": _E405},
+        }},
+        "/models/{name}/vocab": {"get": {
+            "operationId": "getVocabulary", "tags": ["models"], "summary": "A model's vocabulary in id order",
+            "parameters": [model_name],
+            "responses": {"200": _ok("The vocabulary.", _json(_ref("Vocabulary"))), "401": _E401,
+                          "404": _e404("unknown_model", "not_found"), "405": _E405},
+        }},
+        "/sessions": {"post": {
+            "operationId": "createSession", "tags": ["sessions"],
+            "summary": "Start a session (recurrent state kept in Redis, idle ones expire)",
+            "description": f"The body may be omitted. Idle sessions expire after NEXTWORD_SESSION_TTL_SECONDS "
+                           f"(now {s.session_ttl_seconds}); every access slides the expiry.",
+            "requestBody": {"required": False, "content": _json(_ref("CreateSessionRequest"))},
+            "responses": {
+                "201": {**_ok("Created.", _json(_ref("Session")),
+                              headers={"Location": _header("Location")}), "links": session_links},
+                "400": _e400(), "401": _E401, "404": _e404("unknown_model"), "405": _E405, "413": _E413,
+                "415": _E415, "503": _e503("state_store_unavailable"),
+            },
+        }},
+        "/sessions/{session_id}": {
+            "get": {
+                "operationId": "getSession", "tags": ["sessions"],
+                "summary": "A session's model, tokens consumed and expiry (slides the expiry)",
+                "parameters": [session_id],
+                "responses": {"200": _ok("The session.", _json(_ref("Session"))), "401": _E401,
+                              "404": _e404("session_not_found", "not_found"), "405": _E405,
+                              "503": _e503("state_store_unavailable")},
+            },
+            "delete": {
+                "operationId": "deleteSession", "tags": ["sessions"], "summary": "End a session",
+                "parameters": [session_id],
+                "responses": {"204": _ok("Deleted.", None), "401": _E401,
+                              "404": _e404("session_not_found", "not_found"), "405": _E405,
+                              "503": _e503("state_store_unavailable")},
+            },
+        },
+        "/sessions/{session_id}/generate": {"post": {
+            "operationId": "generate", "tags": ["sessions"],
+            "summary": "Sample a continuation of a session, streamed as Server-Sent Events or as one JSON",
+            "description": (
+                "With `Accept: text/event-stream`: one `event: token` per sampled word (data: TokenEvent), "
+                "then `event: done` (data: Generation without `token_details`); a failure mid-stream is an "
+                "`event: error` whose data is an Error. Otherwise the same generation drained into one JSON "
+                "response. The session ends holding the prompt and every emitted token, written once; a client "
+                "that disconnects keeps what was emitted until then."),
+            "parameters": [session_id],
+            "requestBody": {"required": True, "content": _json(_ref("GenerateRequest"))},
+            "responses": {
+                "200": _ok("The generation.", {
+                    _MIME_JSON: {"schema": _ref("Generation")},
+                    _MIME_SSE: {"schema": {"type": "string", "description": (
+                        "`event: token` / `data: {\"index\",\"id\",\"word\",\"probability\"}` per word, then "
+                        "`event: done` / `data: {\"finish_reason\",\"text\",\"tokens\",\"model\",\"session\"}`; "
+                        "or `event: error` / `data: {\"error\": {...}}`.")}},
+                }),
+                "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped."),
+                "401": _E401, "404": _e404("session_not_found", "not_found"), "405": _E405, "409": _e409(),
+                "413": _E413, "415": _E415, "429": _e429(),
+                "503": _e503("state_store_unavailable", "model_unavailable"),
+            },
+        }},
+        "/healthz": {"get": {
+            "operationId": "healthz", "tags": ["ops"], "summary": "Liveness: the process answers", **open_,
+            "responses": {"200": _ok("Alive.", _json(_ref("Health"))), "405": _E405},
+        }},
+        "/readyz": {"get": {
+            "operationId": "readyz", "tags": ["ops"],
+            "summary": "Readiness: every bundle loaded and Redis reachable", **open_,
+            "responses": {
+                "200": _ok("Ready.", _json(_ref("Readiness"))),
+                "405": _E405,
+                "503": _ok("Not ready: Redis cannot be reached.", _json(_ref("Readiness")),
+                           headers={"Retry-After": _header("Retry-After")}),
+            },
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "tags": ["ops"], "summary": "Prometheus metrics of every worker", **open_,
+            "responses": {"200": _ok("Prometheus text exposition format.",
+                                     {"text/plain": {"schema": {"type": "string"}}}), "405": _E405},
+        }},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "tags": ["ops"], "summary": "This document", **open_,
+            "responses": {"200": _ok("OpenAPI 3.1.", _json({"type": "object"})), "405": _E405},
+        }},
+    }
+
+
+def spec(settings: Settings | None = None) -> dict:
+    """The whole document; limits (top_k, max_tokens, body size, TTL) are the running service's."""
+    s = settings or Settings()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "nextword",
+            "version": VERSION,
+            "summary": "Next-word prediction with recurrent language models; per-session state in Redis.",
+            "description": (
+                "Every error is `{\"error\": {\"code\", \"message\", \"field\"}}` with the status listed per "
+                "operation. When API keys are configured (NEXTWORD_API_KEYS), every endpoint except /healthz, "
+                "/readyz, /metrics and /openapi.json needs `Authorization: Bearer <key>`, and a session "
+                "belongs to the key that created it. Request bodies are limited to "
+                f"{s.max_body_bytes} bytes (413)."),
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "tags": [{"name": "predict"}, {"name": "sessions"}, {"name": "models"}, {"name": "ops"}],
+        "security": [{"bearer": []}],
+        "paths": _paths(s),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "An API key from NEXTWORD_API_KEYS(_FILE)."}},
+            "schemas": _schemas(s),
+            "headers": {
+                "X-Request-ID": {"description": "The request's id (the client's, if it sent a valid one); also in "
+                                                "the logs.", "required": True, "schema": {"type": "string"}},
+                "X-Model": {"description": "The model that answered.", "required": True,
+                            "schema": {"type": "string"}},
+                "X-Vocab-Size": {"description": "Octet-stream responses: how many float32 values the body holds.",
+                                 "schema": {"type": "integer", "minimum": 1}},
+                "X-Dtype": {"description": "Octet-stream responses: `float32-le`.",
+                            "schema": {"type": "string", "const": "float32-le"}},
+                "X-Session-Tokens": {"description": "With a session: tokens it has consumed after this request.",
+                                     "schema": {"type": "integer", "minimum": 0}},
+                "Location": {"description": "The new session's URL.", "required": True,
+                             "schema": {"type": "string"}},
+                "Retry-After": {"description": "Seconds to wait before retrying.", "required": True,
+                                "schema": {"type": "integer", "minimum": 0}},
+                "Allow": {"description": "The methods this path supports.", "required": True,
+                          "schema": {"type": "string"}},
+                "WWW-Authenticate": {"description": "The Bearer challenge.", "required": True,
+                                     "schema": {"type": "string"}},
+            },
+        },
+    }
+

@@ -37,7 +37,7 @@ def readyz():
     return jsonify({"status": "ready", "models": models, "redis": "ok"})
 
 
-@bp.get("/metrics")
+@bp.get("/metrics", endpoint="metrics")  # the name auth.OPEN_ENDPOINTS lists
 def scrape():
     body, content_type = metrics.scrape()
     return Response(body, content_type=content_type)
@@ -45,4 +45,4 @@ def scrape():
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(spec())
+    return jsonify(spec(_services().settings))

@@ -58,6 +58,8 @@ def integer(body: dict, name: str, default: int | None, low: int, high: int, hig
     value = body.get(name, _MISSING)
     if value is _MISSING or value is None:
         return default
+    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 3.0 is the integer 3
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"`{name}` must be an integer", field=name)
     if value < low:
