@@ -9,7 +9,6 @@ and stops Redis after gunicorn exits.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,8 +24,9 @@ def main() -> int:
         return 2
     env = dict(os.environ)
     prom_dir = settings.prometheus_dir
-    shutil.rmtree(prom_dir, ignore_errors=True)  # samples of a previous run must not be summed in
     prom_dir.mkdir(parents=True, exist_ok=True)
+    for stale in prom_dir.glob("*.db"):  # samples of a previous run must not be summed in; nothing else is touched
+        stale.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir.resolve())
     redis = None
     if not settings.redis_url:

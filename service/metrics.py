@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 # Sub-millisecond to tens of seconds: a cached /healthz and a long stream fit the same buckets.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -20,8 +21,9 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 REQUESTS = Counter("nextword_http_requests_total", "HTTP requests answered.", ["endpoint", "method", "status"])
-REQUEST_LATENCY = Histogram("nextword_http_request_duration_seconds", "Time to answer an HTTP request (for a "
-                            "stream: until the last event).", ["endpoint"], buckets=LATENCY_BUCKETS)
+REQUEST_LATENCY = Histogram("nextword_http_request_duration_seconds", "Time to answer an HTTP request: until the "
+                            "response is built (for a stream: until its last event).", ["endpoint"],
+                            buckets=LATENCY_BUCKETS)
 ERRORS = Counter("nextword_errors_total", "Error responses and stream error events, by error code.", ["code"])
 
 MODEL_STEP_LATENCY = Histogram("nextword_model_step_duration_seconds", "Wall time of one batched onnxruntime call.",
@@ -40,8 +42,12 @@ ACTIVE_STREAMS = Gauge("nextword_active_streams", "Generations in progress.", mu
 
 SESSIONS_CREATED = Counter("nextword_sessions_created_total", "Sessions created.", ["model"])
 SESSIONS_DELETED = Counter("nextword_sessions_deleted_total", "Sessions deleted by clients.", ["model"])
-SESSIONS_EXPIRED = Counter("nextword_sessions_expired_total", "Sessions found expired (requests that named a "
-                           "session whose idle TTL had run out).")
+SESSIONS_EXPIRED = Counter("nextword_sessions_expired_total", "Sessions Redis removed when their idle TTL ran "
+                           "out, counted by the one process per Redis holding the expiry watcher lease (sum over "
+                           "replicas).")
+EXPIRY_WATCHER = Gauge("nextword_session_expiry_watcher", "1 in the process that holds the expiry watcher lease and "
+                       "is subscribed to Redis expiry events; the sum over all replicas should be 1.",
+                       multiprocess_mode="livesum")
 SESSION_CONFLICTS = Counter("nextword_session_write_conflicts_total", "Compare-and-set writes that lost a race "
                             "(the step is re-run on the fresh state).", ["model"])
 
@@ -53,15 +59,20 @@ MODEL_INFO = Gauge("nextword_model_info", "Loaded models (value 1), with version
                    ["model", "version", "architecture", "provider"], multiprocess_mode="max")
 
 
+# Every name here is a classic Prometheus name, so the text format 0.0.4 carries it unchanged, and every
+# Prometheus (and promtool) reads it; prometheus_client's CONTENT_TYPE_LATEST would announce 1.0.0.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+
 def scrape() -> tuple[bytes, str]:
     """Exposition text for /metrics: all workers' samples when multiprocess mode is on."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(registry), CONTENT_TYPE
     from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE
 
 
 def mark_process_dead(pid: int) -> None:

@@ -19,19 +19,22 @@ reconnects by itself once Redis is back.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
+import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.errors import InternalError, SessionConflict, SessionNotFound, StateStoreUnavailable
-from service.metrics import REDIS_ERRORS, REDIS_LATENCY
+from service.metrics import EXPIRY_WATCHER, REDIS_ERRORS, REDIS_LATENCY, SESSIONS_EXPIRED
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +276,175 @@ def _num(value: float) -> str:
 
 def _not_found() -> SessionNotFound:
     return SessionNotFound("unknown or expired session", field="session_id")
+
+
+# -- counting expirations ----------------------------------------------------------------------------------------
+
+LEASE_KEY = "nextword:expiry-watcher"  # names the one process (host:pid:random) that counts expirations
+
+CLAIM_LEASE_SCRIPT = """
+-- KEYS[1] = lease key
+-- ARGV[1] = holder token, ARGV[2] = lease milliseconds
+-- Returns 1 when the caller holds the lease afterwards (taken now, or its own lease renewed), else 0.
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_LEASE_SCRIPT = """
+-- KEYS[1] = lease key
+-- ARGV[1] = holder token
+-- Returns 1 when the caller held the lease (it is deleted), else 0 (nothing is touched).
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class ExpiryWatcher:
+    """Counts sessions that Redis expired (`nextword_sessions_expired_total`), once per expiration per Redis.
+
+    A lookup cannot count expirations: a missing key looks the same whether it expired, was deleted or never
+    existed. Redis itself knows: with `notify-keyspace-events` holding `E` and `x` it publishes every key it
+    removes for its TTL on `__keyevent@<db>__:expired` (when the key is next touched, or found by its background
+    sweep, so an event can come a little after the TTL ran out). Every worker of every replica runs a watcher, but
+    only the one holding a lease key (`SET NX` with an expiry, renewed every `lease_seconds / 3`) subscribes and
+    counts, so each expiration is counted once. The others retry the lease and take over when its holder dies.
+
+    The count is a lower bound: events published while nobody holds the lease (up to `lease_seconds` after a
+    holder dies without releasing it) are lost, since pub/sub keeps nothing; and a holder that could not renew in
+    time stops counting until it has renewed, rather than risk counting twice. With Redis Cluster the events are
+    per node and this watches only the node the URL names. If the server refuses CONFIG (managed Redis), a warning
+    says to set `notify-keyspace-events` there; the watcher carries on.
+    """
+
+    def __init__(self, client: "redis.Redis", lease_seconds: float = 10.0,
+                 on_expired: Callable[[], None] | None = None):
+        self.client = client  # decode_responses=True
+        self.lease_seconds = float(lease_seconds)
+        self.on_expired = on_expired or SESSIONS_EXPIRED.inc
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self.db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self.channel = f"__keyevent@{self.db}__:expired"
+        self.counting = False  # holds the lease and is subscribed
+        self._claim = client.register_script(CLAIM_LEASE_SCRIPT)
+        self._release = client.register_script(RELEASE_LEASE_SCRIPT)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False  # log a Redis outage once, not every retry
+
+    @classmethod
+    def from_url(cls, url: str, lease_seconds: float = 10.0,
+                 on_expired: Callable[[], None] | None = None) -> "ExpiryWatcher":
+        client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+                                      health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=Retry(NoBackoff(), 0),
+                                      decode_responses=True, client_name="nextword-expiry-watcher")
+        return cls(client, lease_seconds, on_expired)
+
+    def start(self) -> "ExpiryWatcher":
+        self._thread = threading.Thread(target=self._run, name="expiry-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop counting and hand the lease back, so another process takes over at its next try."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            self._release(keys=[LEASE_KEY], args=[self.token])
+        except redis.RedisError:
+            pass  # the lease expires by itself
+        self.client.close()
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pubsub = None
+        renew_every = self.lease_seconds / 3
+        while not self._stop.is_set():
+            try:
+                started = time.monotonic()
+                with self._call("lease"):
+                    held = self._claim(keys=[LEASE_KEY], args=[self.token, int(self.lease_seconds * 1000)]) == 1
+                valid_until = started + self.lease_seconds  # counting past this could double-count
+                if not held:
+                    pubsub = self._unsubscribe(pubsub)
+                    self._stop.wait(renew_every)
+                    continue
+                if pubsub is None:
+                    self._enable_notifications()
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.channel)
+                    self._set_counting(True)
+                if self._failing:
+                    log.info("expiry watcher: Redis answers again")
+                    self._failing = False
+                self._listen(pubsub, min(started + renew_every, valid_until))
+            except redis.RedisError as e:
+                REDIS_ERRORS.labels(operation="expiry_watch").inc()
+                if not self._failing:
+                    log.warning("expiry watcher: redis failed (%s: %s); retrying", type(e).__name__, e)
+                    self._failing = True
+                pubsub = self._unsubscribe(pubsub)
+                self._stop.wait(renew_every)
+            except Exception:  # a bug must not end the thread silently: say so, and try again
+                log.exception("expiry watcher failed; retrying")
+                pubsub = self._unsubscribe(pubsub)
+                self._stop.wait(renew_every)
+        self._unsubscribe(pubsub)
+
+    def _listen(self, pubsub, until: float) -> None:
+        """Count expired session keys until `until` (monotonic), waking often enough to notice stop() at once."""
+        while not self._stop.is_set():
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            message = pubsub.get_message(timeout=min(remaining, 0.25))
+            if message and message.get("type") == "message" and str(message.get("data", "")).startswith(KEY_PREFIX):
+                self.on_expired()
+
+    def _enable_notifications(self) -> None:
+        """Add `E` (keyevent channel) and `x` (expired) to notify-keyspace-events, keeping flags set by others."""
+        try:
+            flags = self.client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+            wanted = flags + ("E" if "E" not in flags else "") + ("x" if "x" not in flags and "A" not in flags else "")
+            if wanted != flags:
+                self.client.config_set("notify-keyspace-events", wanted)
+                log.info("expiry watcher: notify-keyspace-events %r -> %r", flags, wanted)
+        except redis.ResponseError as e:  # managed Redis: CONFIG renamed or forbidden
+            log.warning("expiry watcher: cannot enable keyspace notifications (%s); set notify-keyspace-events to "
+                        "include 'Ex' on the Redis server, or nextword_sessions_expired_total stays at 0", e)
+
+    def _unsubscribe(self, pubsub) -> None:
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except redis.RedisError:
+                pass
+            log.info("expiry watcher: stopped counting session expirations")
+        self._set_counting(False)
+        return None
+
+    def _set_counting(self, counting: bool) -> None:
+        if counting and not self.counting:
+            log.info("expiry watcher: this process counts session expirations (%s, lease %s)", self.channel,
+                     LEASE_KEY)
+        self.counting = counting
+        EXPIRY_WATCHER.set(1 if counting else 0)
+
+    @contextmanager
+    def _call(self, operation: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            REDIS_LATENCY.labels(operation=operation).observe(time.perf_counter() - start)

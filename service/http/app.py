@@ -89,20 +89,34 @@ def _init_request_hooks(app: Flask, settings: Settings) -> None:
     @app.after_request
     def finish(response):
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"  # a template, never the raw path
         fields = {"request_id": g.get("request_id"), "method": request.method, "path": endpoint,
-                  "status": response.status_code, **g.get("log", {})}
+                  "status": response.status_code, "model": None, "tokens": None}
+        if settings.log_text:  # opt-in (NEXTWORD_LOG_TEXT): raw user text stays out of logs by default
+            fields["text"] = _request_text()
+        extra = g.get("log", {})  # a stream adds to it while it runs
         started = g.get("started", time.perf_counter())
         method, status = request.method, str(response.status_code)
 
-        def done() -> None:  # after the last byte: covers streams too
+        def done() -> None:
             elapsed = time.perf_counter() - started
             metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=status).inc()
             metrics.REQUEST_LATENCY.labels(endpoint=endpoint).observe(elapsed)
-            logs.log_event(log, "request", latency_ms=round(elapsed * 1000, 3), **fields)
+            logs.log_event(log, "request", latency_ms=round(elapsed * 1000, 3), **{**fields, **extra})
 
-        response.call_on_close(done)
+        if response.is_streamed:  # after the last event
+            response.call_on_close(done)
+        else:  # counted before the client has the answer, so a scrape that follows it sees it
+            done()
         return response
+
+
+def _request_text() -> str | None:
+    try:
+        body = request.get_json(silent=True)
+    except Exception:  # noqa: BLE001 - a body too large to read: nothing to log
+        return None
+    return body.get("text") if isinstance(body, dict) and isinstance(body.get("text"), str) else None
 
 
 def error_response(error: ServiceError):

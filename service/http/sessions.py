@@ -72,16 +72,23 @@ def generate(session_id: str):
     )
     stop = string_list(body, "stop", max_items=16)
     generation = _services().engine.start_generation(session_id, g.owner, prompt, params, max_tokens, stop, started)
-    g.log.update(model=generation.runtime.bundle.name, greedy=temperature <= GREEDY_TEMPERATURE)
+    g.log.update(model=generation.runtime.bundle.name, greedy=temperature <= GREEDY_TEMPERATURE,
+                 tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
     if not stream:
         try:
-            return jsonify(generation.drain())
+            result = generation.drain()
+            g.log["generated"] = result["tokens"]
+            return jsonify(result)
         finally:
             generation.close()
+
+    log_fields = g.log  # the request log line is written after the last event, with these
 
     def events():
         try:
             for event in generation:
+                if event["event"] == "token":
+                    log_fields["generated"] += 1
                 yield _sse(event["event"], event["data"])
         except ServiceError as error:
             from service import metrics
