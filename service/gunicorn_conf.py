@@ -22,6 +22,7 @@ preload_app = False  # onnxruntime sessions and Redis pools must be built after 
 timeout = 120  # a worker silent this long is restarted; streams keep the worker's heartbeat alive
 graceful_timeout = _settings.graceful_timeout  # SIGTERM: in-flight requests and streams get this long
 keepalive = 5
+control_socket_disable = True  # gunicorn's admin socket lives in $HOME and would be shared by every instance
 
 # --- logging: JSON lines on stderr for gunicorn's own messages too; the app writes one line per request
 accesslog = None
