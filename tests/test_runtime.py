@@ -33,6 +33,14 @@ def runtime(models_dir):
     rt.close()
 
 
+def _concurrently(work, n: int) -> None:
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _alone(rt: ModelRuntime, tokens: np.ndarray, state: np.ndarray):
     log_probs, new = rt.run_batch(tokens[None, :], state[:, :, None, :])  # batch of one
     return log_probs[0], new[:, :, 0]
@@ -50,11 +58,7 @@ def test_concurrent_steps_batch_and_match_single_runs(runtime):
         barrier.wait()
         results[i] = runtime.step(*jobs[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _concurrently(work, len(jobs))
     assert max(runtime.batches) > 1, f"steps never batched: {runtime.batches}"
     for (tokens, state), (log_probs, new) in zip(jobs, results):
         want_lp, want_state = _alone(runtime, tokens, state)
@@ -71,11 +75,7 @@ def test_rows_of_different_length_are_grouped_not_mixed(runtime):
     def work(i: int) -> None:
         results[i] = runtime.step(*jobs[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _concurrently(work, len(jobs))
     for (tokens, state), (log_probs, _) in zip(jobs, results):
         np.testing.assert_allclose(log_probs, _alone(runtime, tokens, state)[0], atol=1e-5)
     assert np.exp(results[0][0]).sum() == pytest.approx(1.0, abs=1e-4)
