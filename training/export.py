@@ -148,6 +148,7 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
             "training": {
                 "corpus": ckpt["corpus"],
                 "command": tc.get("command", ""),
+                "commands": ckpt.get("commands", [tc.get("command", "")]),
                 "seed": tc["seed"],
                 "epochs": len(ckpt["history"]),
                 "history": ckpt["history"],

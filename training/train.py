@@ -146,12 +146,14 @@ def train(tc: TrainConfig, mc: ModelConfig, resume: str | None = None) -> dict:
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
     start_epoch, step, lr, best_val, history, wall = 1, 0, tc.lr, math.inf, [], 0.0
+    commands = [tc.command]  # every command that shaped these weights, a resume included
     if ckpt:
         model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"])
         start_epoch, step, lr = ckpt["epoch"] + 1, ckpt["step"], ckpt["lr"]
         best_val, history, wall = ckpt["best_valid_ppl"], list(ckpt["history"]), ckpt["wall_seconds"]
+        commands = [*ckpt.get("commands", [ckpt["train_config"].get("command", "")]), tc.command]
         print(f"resumed from {resume} after epoch {ckpt['epoch']} (best valid ppl {best_val:.2f})", file=sys.stderr)
 
     def snapshot(epoch: int) -> dict:
@@ -159,7 +161,7 @@ def train(tc: TrainConfig, mc: ModelConfig, resume: str | None = None) -> dict:
             "format": CHECKPOINT_FORMAT, "model_config": mc.to_dict(), "train_config": asdict(tc),
             "vocab": corpus.vocab.words, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(), "epoch": epoch, "step": step, "lr": lr, "best_valid_ppl": best_val,
-            "history": history, "wall_seconds": wall, "corpus": {"path": str(tc.data), "sha256": corpus.sha256},
+            "history": history, "commands": commands, "wall_seconds": wall, "corpus": {"path": str(tc.data), "sha256": corpus.sha256},
             "versions": library_versions(), "device": "cpu",
         }
 
