@@ -63,15 +63,16 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--wait-ms", type=float, default=0.0, help="NEXTWORD_BATCH_WAIT_MS of the batched runtime")
     args = p.parse_args()
     bundle = load_bundle(Path(args.bundle))
-    batched = ModelRuntime(bundle, device="cpu", threads=args.threads, batch_max=64)
+    batched = ModelRuntime(bundle, device="cpu", threads=args.threads, batch_max=64, batch_wait_ms=args.wait_ms)
     single = ModelRuntime(bundle, device="cpu", threads=args.threads, batch_max=1)
     rows = []
     for clients in (int(c) for c in args.concurrency.split(",")):
         base, _ = throughput(single, clients, args.seconds)
         fast, mean_batch = throughput(batched, clients, args.seconds)
-        row = {"bundle": bundle.name, "clients": clients, "baseline_steps_per_s": round(base, 1),
+        row = {"bundle": bundle.name, "clients": clients, "wait_ms": args.wait_ms, "baseline_steps_per_s": round(base, 1),
                "batched_steps_per_s": round(fast, 1), "speedup": round(fast / base, 2),
                "mean_batch": round(mean_batch, 1)}
         rows.append(row)

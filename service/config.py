@@ -66,7 +66,7 @@ class Settings:
     max_generate_tokens: int = 256  # ceiling on max_tokens of one generation (above it: 400, not clamped)
     max_streams: int = 32  # concurrent generations per worker; beyond: 429
     batch_max_size: int = 64  # rows per onnxruntime call; past ~64 throughput gains are small
-    batch_wait_ms: float = 2.0  # how long a lone step waits for peers before running alone
+    batch_wait_ms: float = 0.0  # 0: steps that queue while a batch runs form the next one; waiting only added latency (benchmarks/batching.py)
     cas_retries: int = 64  # re-runs of a step whose session changed underneath it, before 409
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty = open service (logged at startup)
     log_level: str = "info"
