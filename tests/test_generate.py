@@ -19,7 +19,7 @@ import requests
 
 from service.errors import StateStoreUnavailable
 from service.tokenizer import detokenize
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, wait_for
 from tests.sse import SSE, SSEReader, open_stream, read_events
 
 PROMPT = "the cat"  # two tokens of the tiny corpus
@@ -93,17 +93,6 @@ class _Reply:
 
     def get_data(self, as_text: bool = False):
         return self.r.text if as_text else self.r.content
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
+from tests.servers import wait_for
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent / "service"
 
@@ -37,17 +37,6 @@ def scrape(url: str) -> list:
 
 def total(samples: list, name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def predict(url: str, text: str = "the cat eats", **body) -> requests.Response:
