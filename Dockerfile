@@ -29,11 +29,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 # Dependencies first, from pyproject.toml's own pins, in a layer that only changes with it
 # (onnxruntime-gpu alone is a few hundred MB); ORT_EXTRAS adds the extras to onnxruntime-gpu.
 RUN python -c 'import sys, tomllib; extras = sys.argv[1]; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d.replace("onnxruntime-gpu==", f"onnxruntime-gpu[{extras}]==", 1) if extras else d for d in deps))' "$ORT_EXTRAS" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
+    && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps . \
     && pip check
@@ -41,8 +41,7 @@ RUN pip install --no-cache-dir --no-deps . \
 # --- runtime: the venv, the model bundles, a non-root user; nothing else
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="nextword" \
-      org.opencontainers.image.description="Next-word prediction service for recurrent language models (ONNX Runtime, sessions in Redis)" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="Next-word prediction service for recurrent language models (ONNX Runtime, sessions in Redis)"
 # uid/gid 10001: numeric so Kubernetes' runAsNonRoot can verify it; no shell login, no home.
 RUN groupadd --system --gid 10001 nextword \
     && useradd --system --uid 10001 --gid nextword --no-create-home --shell /usr/sbin/nologin nextword

@@ -11,11 +11,11 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 # Stamp files re-run pip only when pyproject.toml changes.
-$(VENV)/.service: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+$(VENV)/.service: pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $@
-$(VENV)/.dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+$(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.service
 
 install: $(VENV)/.service
