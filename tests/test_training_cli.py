@@ -49,7 +49,7 @@ def test_train_export_evaluate(tiny_corpus, tmp_path, capsys):
     assert load_checkpoint(run / "best.pt")["train_config"]["command"] == train_command
 
     exported = _cli("export", "--checkpoint", run / "best.pt", "--out", bundle, "--data", tiny_corpus,
-                    "--verify-steps", "5")
+                    "--verify-steps", "5", "--context-window", "6")
     assert exported.returncode == 0, exported.stderr
     assert "Warning" not in exported.stderr and "Traceback" not in exported.stderr
     result = json.loads(exported.stdout.strip().splitlines()[-1])
@@ -65,6 +65,14 @@ def test_train_export_evaluate(tiny_corpus, tmp_path, capsys):
     ppl = json.loads(evaluated.stdout)["perplexity"]
     assert ppl == pytest.approx(manifest["metrics"]["test_perplexity"], rel=1e-4)
     assert ppl == pytest.approx(load_checkpoint(run / "best.pt")["test_ppl_torch"], rel=1e-3)
+
+    profiled = _cli("evaluate", "--bundle", bundle, "--text", tiny_corpus / "test.txt", "--batch-size", "4",
+                    "--context-window", "6")
+    assert profiled.returncode == 0, profiled.stderr
+    buckets = json.loads(profiled.stdout)["context_profile"]
+    assert [b["context"] for b in buckets] == ["1", "2", "3-4", "5-6"]
+    assert sum(b["tokens"] for b in buckets) == json.loads(profiled.stdout)["tokens"]
+    assert [b["context"] for b in manifest["metrics"]["context_profile"]["buckets"]] == ["1", "2", "3-4", "5-6"]
 
 
 # ---------------------------------------------------------------------------- bad input: one line, no traceback

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--bundle", required=True)
     v.add_argument("--text", required=True, help="token file, one <eos> appended per line")
     v.add_argument("--batch-size", type=int, default=10)
+    v.add_argument("--context-window", type=int, default=0,
+                   help="also report perplexity by context length, resetting the state every N tokens (0 = off)")
     return p
 
 
@@ -70,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "evaluate":
             from training.evaluate import evaluate_file
 
-            result = evaluate_file(args.bundle, args.text, args.batch_size)
+            if args.context_window < 0:  # --batch-size is checked where the streams are cut (batchify)
+                raise TrainingError("--context-window must not be negative")
+            result = evaluate_file(args.bundle, args.text, args.batch_size, args.context_window)
         elif args.cmd == "export":
             from training.export import export
 
