@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from training.data import Vocab, file_sha256
-from training.errors import TrainingError
+from training.errors import TrainingError, first_line
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("layers", "hidden_size", "vocab_size", "state", "onnx")
@@ -77,7 +77,6 @@ def open_bundle(folder: str | Path, providers: list[str] | None = None):
     try:
         session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for a malformed graph
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingError(f"{onnx_path}: onnxruntime cannot load it: {first}") from None
+        raise TrainingError(f"{onnx_path}: onnxruntime cannot load it: {first_line(e)}") from None
     check_graph(session, manifest, onnx_path)
     return manifest, vocab, session

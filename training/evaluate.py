@@ -22,18 +22,25 @@ def zero_state(manifest: dict, batch: int) -> dict[str, np.ndarray]:
     return {s["input"]: np.zeros(shape, dtype=np.float32) for s in manifest["state"]}
 
 
-def perplexity(session, manifest: dict, ids: np.ndarray, batch_size: int = 10) -> tuple[float, int]:
+def _stream_nll(session, manifest: dict, ids: np.ndarray, batch_size: int, reset_every: int = 0):
+    """Yields (t, summed NLL of the `batch_size` tokens at t + 1), one token per stream per onnxruntime call,
+    the state carried across the file (and reset to zero every `reset_every` tokens when that is > 0)."""
     data = batchify(ids, batch_size)  # (batch, n)
-    state = zero_state(manifest, batch_size)
     outputs = ["log_probs"] + [s["output"] for s in manifest["state"]]
     rows = np.arange(batch_size)
-    total = 0.0
+    state = zero_state(manifest, batch_size)
     for t in range(data.shape[1] - 1):
+        if reset_every and t % reset_every == 0:
+            state = zero_state(manifest, batch_size)
         log_probs, *new = session.run(outputs, {"tokens": data[:, t : t + 1], **state})  # (batch, vocab)
-        total -= float(log_probs[rows, data[:, t + 1]].astype(np.float64).sum())
+        yield t, -float(log_probs[rows, data[:, t + 1]].astype(np.float64).sum())
         state = {s["input"]: h for s, h in zip(manifest["state"], new)}
-    count = batch_size * (data.shape[1] - 1)
-    return math.exp(total / count), count
+
+
+def perplexity(session, manifest: dict, ids: np.ndarray, batch_size: int = 10) -> tuple[float, int]:
+    nlls = [nll for _, nll in _stream_nll(session, manifest, ids, batch_size)]
+    count = batch_size * len(nlls)
+    return math.exp(sum(nlls) / count), count
 
 
 CONTEXT_EDGES = (1, 2, 3, 5, 10, 20, 50, 100)  # context-length buckets [edge_i, edge_i+1), the last up to the window
@@ -43,21 +50,13 @@ def context_profile(session, manifest: dict, ids: np.ndarray, batch_size: int = 
     """Perplexity by how many tokens of context the model had: the state is reset every `window` tokens,
     so the token after position t of a window was predicted from t + 1 tokens. A model that uses long
     context keeps improving in the later buckets; one that forgets flattens early."""
-    data = batchify(ids, batch_size)  # (batch, n)
-    outputs = ["log_probs"] + [s["output"] for s in manifest["state"]]
-    rows = np.arange(batch_size)
     edges = [e for e in CONTEXT_EDGES if e < window] + [window + 1]
     nll = np.zeros(len(edges) - 1)
     count = np.zeros(len(edges) - 1, dtype=np.int64)
-    state = zero_state(manifest, batch_size)
-    for t in range(data.shape[1] - 1):
-        if t % window == 0:
-            state = zero_state(manifest, batch_size)
-        log_probs, *new = session.run(outputs, {"tokens": data[:, t : t + 1], **state})  # (batch, vocab)
+    for t, step_nll in _stream_nll(session, manifest, ids, batch_size, reset_every=window):
         bucket = int(np.searchsorted(edges, t % window + 1, side="right")) - 1
-        nll[bucket] -= float(log_probs[rows, data[:, t + 1]].astype(np.float64).sum())
+        nll[bucket] += step_nll
         count[bucket] += batch_size
-        state = {s["input"]: h for s, h in zip(manifest["state"], new)}
     return [{"context": f"{lo}-{hi - 1}" if hi - 1 > lo else str(lo), "perplexity": round(math.exp(n / c), 3),
              "tokens": int(c)} for lo, hi, n, c in zip(edges, edges[1:], nll, count) if c]
 

@@ -22,7 +22,7 @@ import torch
 
 from training.bundle import FORMAT_VERSION, open_bundle
 from training.data import Corpus, file_sha256
-from training.errors import TrainingError
+from training.errors import TrainingError, first_line
 from training.evaluate import context_profile, perplexity
 from training.train import library_versions, load_checkpoint, model_from_checkpoint
 
@@ -80,8 +80,7 @@ def verify(model, session, steps: int = 20, seed: int = 0) -> dict:
             o_out = session.run(["log_probs", *[o for _, o in names]],
                                 {"tokens": tokens.numpy(), **{i: s for (i, _), s in zip(names, ort_state)}})
         except Exception as e:  # onnxruntime's own error types: wrong input names, shapes or token ids
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrainingError(f"export verification: {what}: onnxruntime failed: {first}") from None
+            raise TrainingError(f"export verification: {what}: onnxruntime failed: {first_line(e)}") from None
         for label, a, b in zip(["log_probs", *[o for _, o in names]], t_out, o_out):
             compare(f"{what} {label}", a, b)
         return t_out[1:], o_out[1:], t_out[0]

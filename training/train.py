@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from training.data import Corpus, Vocab, batchify
-from training.errors import TrainingError
+from training.errors import TrainingError, first_line
 from training.model import ModelConfig, RNNModel
 
 CHECKPOINT_FORMAT = "nextword-checkpoint/1"
@@ -82,8 +82,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types, with multi-paragraph messages, for a corrupt file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingError(f"cannot read checkpoint {path}: {first}") from None
+        raise TrainingError(f"cannot read checkpoint {path}: {first_line(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path} is not a nextword checkpoint")
     return ckpt
