@@ -11,7 +11,6 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
 
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -23,24 +22,13 @@ from service.engine import Engine
 from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound, PayloadTooLarge,
                             ServiceError)
 from service.http import auth, ops, predict, sessions
+from service.http.context import Services, services
 from service.runtime import ModelRuntime
 from service.state import SessionStore
 
 log = logging.getLogger("nextword")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _HTTP_ERRORS = {404: NotFound, 405: MethodNotAllowed, 406: NotAcceptable, 413: PayloadTooLarge, 400: InvalidJSON}
-
-
-@dataclass
-class Services:
-    settings: Settings
-    engine: Engine
-
-
-def services() -> Services:
-    from flask import current_app
-
-    return current_app.extensions["nextword"]
 
 
 def create_app(settings: Settings | None = None) -> Flask:

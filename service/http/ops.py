@@ -6,15 +6,10 @@ from flask import Blueprint, Response, jsonify
 
 from service import metrics
 from service.errors import ServiceError
+from service.http.context import services
 from service.http.openapi import spec
 
 bp = Blueprint("ops", __name__)
-
-
-def _services():
-    from service.http.app import services
-
-    return services()
 
 
 @bp.get("/healthz")
@@ -24,7 +19,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    engine = _services().engine
+    engine = services().engine
     models = [{"name": name, "provider": rt.provider, "version": rt.bundle.digest[:12]}
               for name, rt in engine.runtimes.items()]
     try:
@@ -45,4 +40,4 @@ def scrape():
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(spec(_services().settings))
+    return jsonify(spec(services().settings))

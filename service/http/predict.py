@@ -6,17 +6,12 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 
 from service.errors import NotAcceptable
+from service.http.context import services
 from service.http.validation import integer, json_body, string
 from service.sampling import top_k
 
 bp = Blueprint("predict", __name__)
 BINARY = "application/octet-stream"
-
-
-def _engine():
-    from service.http.app import services
-
-    return services().engine
 
 
 def _wants_binary() -> bool:
@@ -29,15 +24,13 @@ def _wants_binary() -> bool:
 @bp.post("/predict")
 def predict():
     binary = _wants_binary()
-    from service.http.app import services
-
-    settings = services().settings
+    settings, engine = services().settings, services().engine
     body = json_body({"text", "model", "top_k", "session_id"})
     text = string(body, "text", required=True, max_length=settings.max_body_bytes)
     model = string(body, "model", max_length=200)
     k = integer(body, "top_k", 10, 1, settings.max_top_k)
     session_id = string(body, "session_id", max_length=200)
-    result = _engine().predict(text, model=model, session_id=session_id, owner=g.owner)
+    result = engine.predict(text, model=model, session_id=session_id, owner=g.owner)
     g.log.update(model=result.model, tokens=len(result.reading.tokens))
     headers = {"X-Model": result.model}
     if result.session:
@@ -46,7 +39,7 @@ def predict():
         probs = np.exp(result.log_probs.astype(np.float64)).astype("<f4")  # (vocab,) little-endian float32
         headers.update({"X-Vocab-Size": str(probs.size), "X-Dtype": "float32-le"})
         return Response(probs.tobytes(), mimetype=BINARY, headers=headers)
-    bundle = _engine().runtime(result.model).bundle
+    bundle = engine.runtime(result.model).bundle
     ids, probs = top_k(result.log_probs, k)
     payload = {
         "model": result.model,
@@ -63,19 +56,19 @@ def predict():
 
 @bp.get("/models")
 def models():
-    engine = _engine()
+    engine = services().engine
     return jsonify({"default": engine.default_model, "models": [
         {**rt.bundle.info(), "provider": rt.provider} for rt in engine.runtimes.values()]})
 
 
 @bp.get("/models/<name>")
 def model(name: str):
-    rt = _engine().runtime(name)
+    rt = services().engine.runtime(name)
     return jsonify({**rt.bundle.info(), "provider": rt.provider, "manifest": rt.bundle.manifest})
 
 
 @bp.get("/models/<name>/vocab")
 def vocab(name: str):
-    bundle = _engine().runtime(name).bundle
+    bundle = services().engine.runtime(name).bundle
     return jsonify({"model": bundle.name, "size": bundle.vocab_size, "words": list(bundle.words),
                     "special_tokens": bundle.manifest["special_tokens"]})

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
+from service import metrics
 from service.errors import ServiceError
+from service.http.context import services
 from service.http.validation import integer, json_body, number, string, string_list
 from service.sampling import GREEDY_TEMPERATURE, SamplingParams
 
 bp = Blueprint("sessions", __name__)
+log = logging.getLogger("nextword")
 SSE = "text/event-stream"
-
-
-def _services():
-    from service.http.app import services
-
-    return services()
 
 
 def _optional_json(allowed: set[str]) -> dict:
@@ -31,7 +29,7 @@ def _optional_json(allowed: set[str]) -> dict:
 @bp.post("/sessions")
 def create():
     body = _optional_json({"model"})
-    session = _services().engine.create_session(string(body, "model", max_length=200), g.owner)
+    session = services().engine.create_session(string(body, "model", max_length=200), g.owner)
     g.log.update(model=session["model"])
     response = jsonify(session)
     response.status_code = 201
@@ -41,12 +39,12 @@ def create():
 
 @bp.get("/sessions/<session_id>")
 def show(session_id: str):
-    return jsonify(_services().engine.session_info(session_id, g.owner))
+    return jsonify(services().engine.session_info(session_id, g.owner))
 
 
 @bp.delete("/sessions/<session_id>")
 def delete(session_id: str):
-    _services().engine.delete_session(session_id, g.owner)
+    services().engine.delete_session(session_id, g.owner)
     return Response(status=204)
 
 
@@ -57,7 +55,7 @@ def _sse(event: str, data: dict) -> str:
 @bp.post("/sessions/<session_id>/generate")
 def generate(session_id: str):
     started = time.perf_counter()
-    settings = _services().settings
+    settings = services().settings
     stream = request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
     body = json_body({"text", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop"})
     prompt = string(body, "text", max_length=settings.max_body_bytes)
@@ -71,7 +69,7 @@ def generate(session_id: str):
         seed=integer(body, "seed", None, 0, 2**63 - 1),
     )
     stop = string_list(body, "stop", max_items=16)
-    generation = _services().engine.start_generation(session_id, g.owner, prompt, params, max_tokens, stop, started)
+    generation = services().engine.start_generation(session_id, g.owner, prompt, params, max_tokens, stop, started)
     g.log.update(model=generation.runtime.bundle.name, greedy=temperature <= GREEDY_TEMPERATURE,
                  tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
     if not stream:
@@ -91,14 +89,10 @@ def generate(session_id: str):
                     log_fields["generated"] += 1
                 yield _sse(event["event"], event["data"])
         except ServiceError as error:
-            from service import metrics
-
             metrics.ERRORS.labels(code=error.code).inc()
             yield _sse("error", error.to_dict())
         except Exception:  # noqa: BLE001 - logged; the client gets the same JSON error as a 500 would carry
-            import logging
-
-            logging.getLogger("nextword").exception("generation failed")
+            log.exception("generation failed")
             yield _sse("error", {"error": {"code": "internal", "message": "internal error during generation",
                                            "field": None}})
 
