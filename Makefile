@@ -3,7 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/wikitext-2
-
+# CPU-only PyTorch. On a plain Linux x86-64 machine the public index's torch==2.13.0 is the CUDA build
+# (several GB of NVIDIA wheels); PyTorch's CPU index has 2.13.0+cpu, which the torch==2.13.0 pin
+# accepts: `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` (on a fresh .venv).
+TORCH_INDEX ?=
+PIP_EXTRA   := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 .PHONY: install install-dev serve test train train-lstm train-rnn clean
 
 $(PY):
@@ -15,7 +19,7 @@ $(VENV)/.service: pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $@
 $(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q $(PIP_EXTRA) -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.service
 
 install: $(VENV)/.service
