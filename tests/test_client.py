@@ -1,0 +1,186 @@
+"""The Python client (nextword_client) against the real service under gunicorn, on the real Redis and
+the tiny exported bundles: answers equal the raw HTTP API's, errors arrive typed with their code,
+status and field, and a generation streams token by token and reports a cut stream.
+
+The service is paced (NEXTWORD_BATCH_WAIT_MS, as in tests/test_generate.py) so a stream lasts long
+enough to be cut in the middle.
+"""
+
+from __future__ import annotations
+
+import signal
+import os
+
+import pytest
+import requests
+
+import nextword_client
+from nextword_client import (APIError, Client, InvalidInput, SessionNotFound, StreamInterrupted, Token,
+                             TransportError, Unauthorized, UnknownModel)
+from service.errors import ERROR_TYPES
+from tests.servers import ServiceProcess, free_port, wait_for
+from tests.test_generate import LONG, PACE_MS, PROMPT, Remote, long_seed
+
+
+@pytest.fixture(scope="module")
+def service(models_dir, redis_server, tmp_path_factory):
+    proc = ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("client"), workers=1,
+                          NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def nw(service):
+    with Client(service.url) as client:
+        yield client
+
+
+def raw(service, path: str, body: dict) -> dict:
+    response = requests.post(service.url + path, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_predict_returns_what_the_api_returns(nw, service):
+    assert nw.predict("the cat", top_k=3) == raw(service, "/predict", {"text": "the cat", "top_k": 3})
+    answer = nw.predict("a dog", model="tiny-rnn", top_k=2)
+    assert answer["model"] == "tiny-rnn" and len(answer["predictions"]) == 2
+    assert answer == raw(service, "/predict", {"text": "a dog", "model": "tiny-rnn", "top_k": 2})
+
+
+def test_every_error_code_of_the_service_has_its_class():
+    for kind in ERROR_TYPES:
+        cls = getattr(nextword_client, kind.__name__)
+        assert issubclass(cls, APIError) and (cls.code, cls.status) == (kind.code, kind.status)
+
+
+@pytest.mark.parametrize("call, cls, status, field", [
+    (lambda nw: nw.predict("the cat", model="no-such-model"), UnknownModel, 404, None),
+    (lambda nw: nw.predict("the cat", top_k=0), InvalidInput, 400, "top_k"),
+    (lambda nw: nw.predict("   "), InvalidInput, 400, "text"),
+    (lambda nw: nw.get_session("nope"), SessionNotFound, 404, "session_id"),
+    (lambda nw: nw.delete_session("nope"), SessionNotFound, 404, "session_id"),
+    (lambda nw: list(nw.generate("nope", "the")), SessionNotFound, 404, "session_id"),
+])
+def test_errors_are_typed_with_code_status_and_field(nw, call, cls, status, field):
+    with pytest.raises(cls) as caught:
+        call(nw)
+    error = caught.value
+    assert (error.code, error.status) == (cls.code, status)
+    if field is not None:
+        assert error.field == field
+    assert error.message and error.request_id
+    assert cls.code in str(error)
+
+
+def test_sessions_create_show_predict_delete(nw):
+    session = nw.create_session("tiny-rnn")
+    sid = session["session_id"]
+    assert (session["model"], session["tokens"], session["version"]) == ("tiny-rnn", 0, 0)
+    answer = nw.predict("the cat eats", session_id=sid)
+    assert answer["session"]["tokens"] == 3
+    shown = nw.get_session(sid)
+    assert (shown["tokens"], shown["version"]) == (3, 1)
+    nw.delete_session(sid)
+    with pytest.raises(SessionNotFound):
+        nw.get_session(sid)
+
+
+def test_generate_streams_the_same_tokens_as_the_drained_api(nw, service, client):
+    seed, drained = long_seed(client, 6)
+    sid = nw.create_session()["session_id"]
+    generation = nw.generate(sid, PROMPT, max_tokens=6, seed=seed)
+    tokens = list(generation)
+    assert all(isinstance(t, Token) for t in tokens)
+    assert [t.__dict__ for t in tokens] == drained["token_details"]
+    assert generation.tokens == tokens
+    result = generation.result
+    assert (result["finish_reason"], result["text"], result["tokens"]) == ("length", drained["text"], 6)
+    assert result["session"]["tokens"] == 2 + 6 == nw.get_session(sid)["tokens"]
+
+
+def test_generate_sends_every_sampling_field(nw, service):
+    """temperature ~0 is argmax: the same words whatever the seed; a stop word ends the stream."""
+    sid_a, sid_b = nw.create_session()["session_id"], nw.create_session()["session_id"]
+    a = [t.word for t in nw.generate(sid_a, PROMPT, max_tokens=4, temperature=1e-6, top_k=5, top_p=0.9, seed=1)]
+    b = [t.word for t in nw.generate(sid_b, PROMPT, max_tokens=4, temperature=1e-6, top_k=5, top_p=0.9, seed=2)]
+    assert a == b
+    sid_c = nw.create_session()["session_id"]
+    generation = nw.generate(sid_c, PROMPT, max_tokens=4, temperature=1e-6, stop=[a[0]])
+    assert [t.word for t in generation] == [a[0]] and generation.result["finish_reason"] == "stop"
+
+
+def test_a_bad_generate_field_is_invalid_input_before_any_token(nw):
+    sid = nw.create_session()["session_id"]
+    with pytest.raises(InvalidInput) as caught:
+        list(nw.generate(sid, PROMPT, max_tokens=10**6))
+    assert caught.value.field == "max_tokens"
+
+
+def test_leaving_a_stream_early_commits_what_was_received(nw, service, client):
+    """Breaking out of the loop drops the connection; the session then holds the prompt and at least
+    the tokens received, and not the whole generation (README: "What a generation commits")."""
+    seed, drained = long_seed(client, LONG)
+    sid = nw.create_session()["session_id"]
+    with nw.generate(sid, PROMPT, max_tokens=LONG, seed=seed) as generation:
+        received = [t.word for _, t in zip(range(3), generation)]
+    assert received == [d["word"] for d in drained["token_details"][:3]]
+    info = wait_for(lambda: (lambda i: i if i["version"] == 1 else None)(nw.get_session(sid)), what="the commit")
+    assert 2 + 3 <= info["tokens"] < 2 + LONG
+
+
+def test_a_server_dying_mid_stream_raises_stream_interrupted(models_dir, redis_url, tmp_path, client):
+    seed, drained = long_seed(client, LONG)
+    proc = ServiceProcess(models_dir, redis_url, tmp_path / "dying", workers=1, NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
+    proc.start()
+    try:
+        with Client(proc.url) as nw:
+            sid = nw.create_session()["session_id"]
+            received = []
+            with pytest.raises(StreamInterrupted) as caught:
+                for token in nw.generate(sid, PROMPT, max_tokens=LONG, seed=seed):
+                    received.append(token)
+                    if len(received) == 2:
+                        os.killpg(proc.proc.pid, signal.SIGKILL)  # every process of the service, at once
+    finally:
+        proc.stop()
+    error = caught.value
+    assert error.session_id == sid
+    assert error.tokens == received and 2 <= len(received) < LONG
+    assert [t.word for t in received] == [d["word"] for d in drained["token_details"][:len(received)]]
+
+
+def test_an_unreachable_service_is_a_transport_error():
+    with Client(f"http://127.0.0.1:{free_port()}", timeout=5) as nw:
+        with pytest.raises(TransportError):
+            nw.predict("the cat")
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(service_factory):
+    proc = service_factory(NEXTWORD_API_KEYS="key-one,key-two")
+    with Client(proc.url, api_key="key-two") as nw:
+        sid = nw.create_session()["session_id"]
+        assert nw.get_session(sid)["session_id"] == sid
+    with Client(proc.url) as anonymous, pytest.raises(Unauthorized) as caught:
+        anonymous.predict("the cat")
+    assert caught.value.status == 401
+    with Client(proc.url, api_key="key-one") as other, pytest.raises(SessionNotFound):
+        other.get_session(sid)  # a session belongs to the key that made it
+
+
+def _has_batch_endpoint(service) -> bool:
+    return "/predict/batch" in requests.get(service.url + "/openapi.json", timeout=30).json()["paths"]
+
+
+def test_predict_batch_answers_each_item_or_its_typed_error(nw, service):
+    if not _has_batch_endpoint(service):
+        pytest.skip("POST /predict/batch is not served by this build yet (the lead's branch adds it)")
+    sid = nw.create_session()["session_id"]
+    results = nw.predict_batch([{"text": "the cat", "top_k": 2}, {"text": "a dog", "model": "no-such-model"},
+                                {"text": "the bird", "session_id": sid}])
+    assert len(results) == 3
+    assert results[0] == raw(service, "/predict", {"text": "the cat", "top_k": 2})
+    assert isinstance(results[1], UnknownModel) and results[1].status == 404
+    assert results[2]["session"]["tokens"] == 2
