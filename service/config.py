@@ -7,6 +7,7 @@ variables gunicorn and prometheus_client need before they start).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class Settings:
     log_text: bool = False  # log raw user text; off by default (privacy)
     graceful_timeout: int = 30  # seconds in-flight requests get after SIGTERM
     prometheus_dir: Path = Path("var/prometheus")  # PROMETHEUS_MULTIPROC_DIR when the launcher sets it
+    cors_origins: tuple[str, ...] = ()  # none: only same-origin pages (the playground at /) may call the API from a browser
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -115,6 +117,7 @@ class Settings:
             log_text=_bool(env, "NEXTWORD_LOG_TEXT", cls.log_text),
             graceful_timeout=_int(env, "NEXTWORD_GRACEFUL_TIMEOUT", cls.graceful_timeout, 1, 3600),
             prometheus_dir=Path(_get(env, "PROMETHEUS_MULTIPROC_DIR", str(cls.prometheus_dir))),
+            cors_origins=_origins(env, "NEXTWORD_CORS_ORIGINS"),
         )
 
     def describe(self) -> dict:
@@ -123,6 +126,15 @@ class Settings:
         out["api_keys"] = f"{len(self.api_keys)} configured" if self.api_keys else "none (open service)"
         out["redis_url"] = _redact_url(self.redis_url) if self.redis_url else "embedded"
         return out
+
+
+def _origins(env: dict, name: str) -> tuple[str, ...]:
+    """Comma-separated browser origins (`https://app.example.com`, `http://localhost:3000`), or `*` for any."""
+    origins = tuple(o.strip().rstrip("/") for o in _get(env, name, "").split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s?#@]+", origin):
+            raise ConfigError(f"{name}: {origin!r} is not an origin (scheme://host[:port], no path) or *")
+    return origins
 
 
 def _redact_url(url: str) -> str:

@@ -21,7 +21,7 @@ from service.config import ConfigError, Settings
 from service.engine import Engine
 from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound, PayloadTooLarge,
                             ServiceError)
-from service.http import auth, ops, predict, sessions
+from service.http import auth, browser, ops, predict, sessions
 from service.http.context import Services, services
 from service.runtime import ModelRuntime
 from service.state import SessionStore
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.bp)
     _init_request_hooks(app, settings)
     auth.init_app(app, settings.api_keys)
+    browser.init_app(app, settings)
     _init_error_handlers(app)
     for name, rt in runtimes.items():
         logs.log_event(log, "model loaded", model=name, architecture=rt.bundle.manifest["architecture"],

@@ -1,0 +1,379 @@
+// The nextword playground: live next-word bars while typing, click to accept a word, a streamed
+// continuation, and each word coloured by how surprising the model found it. Talks to the service's
+// public HTTP API only (the same calls as README "The API by example"); no framework, no build step.
+//
+// Typing stays responsive at one key every 100 ms: requests are debounced, a stateless request made
+// stale by a newer keystroke is aborted, and every answer carries the number of the request it
+// answers, so an old answer never overwrites a newer one. In session mode each finished word is fed
+// once to a server-side session; those feeds are sent one at a time (an aborted feed may still have
+// been applied), so the session always holds exactly `state.fed`.
+"use strict";
+
+(() => {
+  const TOP_K = 10;  // bars shown
+  const DEBOUNCE_MS = 60;  // below the 100 ms between keys of a fast typist: one request per pause
+  const SSE = "text/event-stream";
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    model: $("model"), sessionMode: $("session-mode"), key: $("api-key"), text: $("text"), surprise: $("surprise"),
+    bars: $("bars"), temperature: $("temperature"), topP: $("top-p"), maxTokens: $("max-tokens"),
+    generate: $("generate"), stop: $("stop"), status: $("status"),
+  };
+
+  const state = {
+    seq: 0,  // number of the newest prediction request; answers to older ones are not shown
+    epoch: 0,  // bumped when the model or the mode changes
+    timer: 0,  // the pending debounce
+    inflight: null,  // AbortController of the running stateless prediction
+    scoresSupported: true,  // false once the service refused `scores` (an older server)
+    session: null,  // session mode: {id, model}
+    fed: "",  // session mode: the text the session has read, exactly
+    feeding: null,  // session mode: the promise of the feed in flight
+    scored: [],  // [{word, probability}] of the text shown in the surprise view
+    streaming: null,  // AbortController of the running generation
+  };
+
+  // --- HTTP ----------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      const error = body && body.error ? body.error : {code: `http_${status}`, message: `HTTP ${status}`};
+      super(error.message);
+      Object.assign(this, {status, code: error.code, field: error.field || null});
+    }
+  }
+
+  function headers(accept = "application/json") {
+    const h = {"Content-Type": "application/json", "Accept": accept};
+    const key = ui.key.value.trim();
+    if (key) h.Authorization = `Bearer ${key}`;
+    return h;
+  }
+
+  async function api(method, path, body, signal) {
+    const response = await fetch(path, {method, headers: headers(), signal,
+                                        body: body === undefined ? undefined : JSON.stringify(body)});
+    const data = response.status === 204 ? null : await response.json().catch(() => null);
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  async function predict(body, signal) {
+    if (state.scoresSupported) {
+      try {
+        return await api("POST", "/predict", {...body, scores: true}, signal);
+      } catch (e) {
+        if (!(e instanceof ApiError && e.field === "scores")) throw e;
+        state.scoresSupported = false;  // an older service: no colours, predictions still work
+      }
+    }
+    return api("POST", "/predict", body, signal);
+  }
+
+  // Reads an event stream from a fetch response (EventSource cannot POST): calls on[type](data).
+  async function readEvents(response, on) {
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) return;
+      buffer = (buffer + value).replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let type = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) type = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (data.length && on[type]) on[type](JSON.parse(data.join("\n")));
+      }
+    }
+  }
+
+  // --- what the page shows ---------------------------------------------------------------------------
+
+  function setStatus(text, error = false) {
+    ui.status.textContent = text;
+    ui.status.classList.toggle("error", error);
+  }
+
+  function showError(e) {
+    setStatus(e instanceof ApiError ? `${e.code}: ${e.message}` : `cannot reach the service: ${e.message}`, true);
+  }
+
+  const label = (word) => (word === "<eos>" ? "↵ (end of line)" : word);
+
+  function showBars(predictions) {
+    const top = predictions.length ? predictions[0].probability : 1;
+    ui.bars.replaceChildren(...predictions.map((p) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.word = p.word;
+      button.title = `accept “${p.word}”`;
+      const word = Object.assign(document.createElement("span"), {className: "word", textContent: label(p.word)});
+      const bar = Object.assign(document.createElement("span"), {className: "bar"});
+      bar.style.width = `${(100 * p.probability) / top}%`;
+      const prob = Object.assign(document.createElement("span"), {className: "p",
+                                                                 textContent: `${(100 * p.probability).toFixed(1)}%`});
+      button.append(word, bar, prob);
+      button.addEventListener("click", () => accept(p.word));
+      const item = document.createElement("li");
+      item.append(button);
+      return item;
+    }));
+  }
+
+  // Colour from the surprisal in bits: 0 bits green, 12 or more red.
+  function colour(probability) {
+    const bits = -Math.log2(Math.max(probability, 1e-12));
+    return `hsl(${Math.round(120 * (1 - Math.min(bits, 12) / 12))} 70% 80%)`;
+  }
+
+  function showSurprise() {
+    ui.surprise.replaceChildren(...state.scored.map((t) => {
+      if (t.word === "<eos>") return document.createElement("br");
+      const span = Object.assign(document.createElement("span"), {textContent: t.word});
+      if (t.probability !== undefined) {
+        span.style.background = colour(t.probability);
+        span.title = `p = ${t.probability.toPrecision(3)} (${(-Math.log2(t.probability)).toFixed(1)} bits)`;
+      }
+      return span;
+    }));
+  }
+
+  function scoredOf(answer) {
+    return answer.scores || answer.tokens.map((word) => ({word}));
+  }
+
+  function clearPrediction() {
+    ui.bars.replaceChildren();
+    state.scored = [];
+    showSurprise();
+  }
+
+  // --- predictions while typing ----------------------------------------------------------------------
+
+  function schedule(delay = DEBOUNCE_MS) {
+    clearTimeout(state.timer);
+    state.timer = setTimeout(refresh, delay);
+  }
+
+  function refresh() {
+    if (state.streaming) return;  // the generation updates the text itself; refreshed when it ends
+    if (ui.sessionMode.checked) feedSession();
+    else predictStateless(ui.text.value);
+  }
+
+  async function predictStateless(text) {
+    const seq = ++state.seq;
+    if (state.inflight) state.inflight.abort();  // its answer would be stale
+    if (!text.trim()) {
+      clearPrediction();
+      return;
+    }
+    const controller = (state.inflight = new AbortController());
+    const started = performance.now();
+    try {
+      const answer = await predict({text, model: ui.model.value || null, top_k: TOP_K}, controller.signal);
+      if (seq !== state.seq) return;
+      showBars(answer.predictions);
+      state.scored = scoredOf(answer);
+      showSurprise();
+      setStatus(`${answer.tokens.length} tokens read · ${Math.round(performance.now() - started)} ms`);
+    } catch (e) {
+      if (e.name !== "AbortError" && seq === state.seq) showError(e);
+    }
+  }
+
+  async function newSession() {
+    const old = state.session;
+    state.session = null;
+    state.fed = "";
+    state.scored = [];
+    if (old) api("DELETE", `/sessions/${old.id}`).catch(() => {});  // an idle one would expire anyway
+    const created = await api("POST", "/sessions", {model: ui.model.value || null});
+    state.session = {id: created.session_id, model: created.model};
+  }
+
+  // Feeds the session the words finished since the last feed (text up to the last whitespace).
+  function feedSession() {
+    if (state.feeding) return state.feeding;  // it calls back here when done if the text moved on
+    state.feeding = (async () => {
+      const seq = ++state.seq;
+      const epoch = state.epoch;
+      const text = ui.text.value;
+      try {
+        if (!state.session || !text.startsWith(state.fed)) await newSession();  // edited before the end
+        const session = state.session;
+        const pending = text.slice(state.fed.length);
+        const finished = pending.slice(0, Math.max(pending.search(/\s\S*$/), -1) + 1);
+        if (!finished.trim()) {
+          if (!text.trim()) clearPrediction();
+          setStatus(text.trim() ? "session: a word is fed once you finish it (space)" : "");
+          return;
+        }
+        const started = performance.now();
+        const answer = await predict({text: finished, session_id: session.id, top_k: TOP_K});
+        if (state.session !== session) return;  // the model or mode changed meanwhile: a new session follows
+        state.fed += finished;  // the session has read it, whatever the page shows next
+        state.scored.push(...scoredOf(answer));
+        if (seq === state.seq) {
+          showBars(answer.predictions);
+          showSurprise();
+          setStatus(`session ${session.id.slice(0, 8)}… has read ${answer.session.tokens} tokens · ` +
+                    `${Math.round(performance.now() - started)} ms for the last ${answer.tokens.length}`);
+        }
+      } catch (e) {
+        if (e instanceof ApiError && e.code === "session_not_found") state.session = null;  // expired: start over
+        if (seq === state.seq) showError(e);
+      } finally {
+        state.feeding = null;
+        if ((ui.text.value !== text || epoch !== state.epoch) && !state.streaming) schedule(0);
+      }
+    })();
+    return state.feeding;
+  }
+
+  function accept(word) {
+    let text = ui.text.value;
+    if (ui.sessionMode.checked) text = text.replace(/\S+$/, "");  // the bars follow the last finished word
+    else if (text && !/\s$/.test(text)) text += " ";
+    ui.text.value = text + (word === "<eos>" ? "\n" : `${word} `);
+    ui.text.focus();
+    schedule(0);
+  }
+
+  // --- generation --------------------------------------------------------------------------------
+
+  async function generate() {
+    if (state.streaming) return;
+    clearTimeout(state.timer);
+    const controller = (state.streaming = new AbortController());
+    ui.generate.disabled = true;
+    ui.stop.disabled = false;
+    const sessionMode = ui.sessionMode.checked;
+    let sid = null;
+    let committed = false;
+    try {
+      if (state.feeding) await state.feeding;
+      let prompt = ui.text.value;
+      if (sessionMode) {
+        if (!state.session || !prompt.startsWith(state.fed)) await newSession();
+        sid = state.session.id;
+        prompt = prompt.slice(state.fed.length);
+      } else {
+        sid = (await api("POST", "/sessions", {model: ui.model.value || null})).session_id;
+      }
+      const body = {max_tokens: Number(ui.maxTokens.value), temperature: Number(ui.temperature.value),
+                    top_p: Number(ui.topP.value)};
+      if (prompt.trim()) body.text = prompt;
+      const response = await fetch(`/sessions/${sid}/generate`, {method: "POST", headers: headers(SSE),
+                                                                  body: JSON.stringify(body), signal: controller.signal});
+      if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+      const base = ui.text.value.replace(/\s*$/, (space) => space || (ui.text.value ? " " : ""));
+      const tokens = [];
+      let done = null;
+      await readEvents(response, {
+        token: (t) => {
+          tokens.push(t);
+          ui.text.value = base + tokens.map((x) => (x.word === "<eos>" ? "\n" : x.word)).join(" ");
+          ui.text.scrollTop = ui.text.scrollHeight;
+          setStatus(`streaming: ${tokens.length} tokens`);
+        },
+        done: (d) => { done = d; },
+        error: (body) => { throw new ApiError(0, body); },
+      });
+      if (!done) throw new Error("the stream ended early");
+      committed = true;
+      const last = tokens[tokens.length - 1].word;
+      const tail = done.finish_reason === "eos" ? "\n" : done.finish_reason === "stop" ? ` ${last} ` : " ";
+      ui.text.value = base + done.text + (done.text || done.finish_reason !== "stop" ? tail : tail.trimStart());
+      if (sessionMode) {
+        state.fed = ui.text.value;
+        if (body.text) state.scored.push(...prompt.trim().split(/\s+/).map((word) => ({word})));
+        state.scored.push(...tokens.map(({word, probability}) => ({word, probability})));
+      }
+      setStatus(`${done.tokens} tokens, finish: ${done.finish_reason}`);
+    } catch (e) {
+      if (e.name === "AbortError") setStatus("stopped");
+      else showError(e);
+    } finally {
+      if (sessionMode && !committed) state.session = null;  // unknown how much it kept: start over next time
+      if (!sessionMode && sid) api("DELETE", `/sessions/${sid}`).catch(() => {});
+      state.streaming = null;
+      ui.generate.disabled = false;
+      ui.stop.disabled = true;
+      ui.text.focus();
+    }
+    if (sessionMode && committed) await showAfterGeneration();
+    else refresh();
+  }
+
+  // The bars after a generation in session mode: the session has read everything, and a prediction
+  // needs new text, so ask statelessly for the same context (the same distribution for a session that
+  // started at a line start); the colours keep the session's own scores.
+  async function showAfterGeneration() {
+    const seq = ++state.seq;
+    try {
+      const answer = await api("POST", "/predict", {text: ui.text.value, model: state.session.model, top_k: TOP_K});
+      if (seq !== state.seq) return;
+      showBars(answer.predictions);
+      showSurprise();
+    } catch (e) {
+      if (seq === state.seq) showError(e);
+    }
+  }
+
+  // --- wiring --------------------------------------------------------------------------------------
+
+  // Does this service score each typed word (`scores` in /predict)? Read from its OpenAPI document.
+  async function detectScores() {
+    try {
+      const doc = await (await fetch("/openapi.json")).json();
+      state.scoresSupported = Boolean(doc.components.schemas.PredictRequest.properties.scores);
+    } catch (e) {
+      state.scoresSupported = true;  // unknown: try, and fall back on the first refusal
+    }
+  }
+
+  async function loadModels() {
+    try {
+      const {default: fallback, models} = await api("GET", "/models");
+      ui.model.replaceChildren(...models.map((m) => new Option(`${m.name} (${m.architecture || "model"})`, m.name,
+                                                               m.name === fallback, m.name === fallback)));
+      if (ui.text.value.trim()) refresh();
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  function resetModelOrMode() {
+    state.seq++;  // answers in flight belong to the old model or mode
+    state.epoch++;
+    state.session = null;
+    state.fed = "";
+    clearPrediction();
+    schedule(0);
+  }
+
+  ui.text.addEventListener("input", () => schedule());
+  ui.model.addEventListener("change", resetModelOrMode);
+  ui.sessionMode.addEventListener("change", resetModelOrMode);
+  ui.key.addEventListener("change", () => {
+    sessionStorage.setItem("nextword-api-key", ui.key.value);
+    loadModels();
+  });
+  ui.generate.addEventListener("click", generate);
+  ui.stop.addEventListener("click", () => state.streaming && state.streaming.abort());
+  for (const [input, output] of [[ui.temperature, $("temperature-value")], [ui.topP, $("top-p-value")]]) {
+    input.addEventListener("input", () => { output.value = input.value; });
+  }
+  window.addEventListener("pagehide", () => {
+    if (state.session) fetch(`/sessions/${state.session.id}`, {method: "DELETE", headers: headers(), keepalive: true});
+  });
+  ui.key.value = sessionStorage.getItem("nextword-api-key") || "";
+  detectScores().then(loadModels);
+})();
