@@ -61,9 +61,11 @@ def _tiny_configs(data: Path, out: Path, **overrides):
     from training.model import ModelConfig
     from training.train import TrainConfig
 
-    tc = TrainConfig(data=str(data), out=str(out), batch_size=4, eval_batch_size=4, bptt=8, optimizer="adam",
-                     lr=0.02, clip=1.0, epochs=1, max_steps=20, seed=1234, threads=1)
+    tc = TrainConfig(data=str(data), out=str(out), device="cpu", batch_size=4, eval_batch_size=4, bptt=8,
+                     optimizer="adam", lr=0.02, schedule="plateau", warmup_steps=0, clip=1.0, epochs=1, budget_minutes=0, max_steps=20,
+                     seed=1234, threads=1)
     mc = ModelConfig(architecture="lstm", embedding_size=12, hidden_size=12, layers=2, dropout=0.0,
+                     dropout_input=0.0, dropout_hidden=0.0, dropout_embedding=0.0, weight_drop=0.0, tied=False,
                      softmax="full", cutoffs=[6, 14], div_value=2.0)
     for key, value in overrides.items():
         if hasattr(tc, key):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -107,7 +108,7 @@ BAD_INPUT = {
     "empty-valid-split": (lambda c, b, t: ["train", "--data", _corpus_without(c, t / "c", empty="valid.txt"),
                                            "--out", t / "o", *TINY], "corpus file has no tokens: .*valid.txt"),
     "unknown-architecture": (lambda c, b, t: ["train", "--data", c, "--out", t / "o", *TINY,
-                                              "--architecture", "transformer"], "unknown architecture 'transformer'"),
+                                              "--architecture", "transformer"], "invalid choice: 'transformer'"),
     "zero-cutoff": (lambda c, b, t: ["train", "--data", c, "--out", t / "o", *TINY, "--softmax", "adaptive",
                                      "--cutoffs", "0,5"], "--cutoffs"),
     "resume-from-a-text-file": (lambda c, b, t: ["train", "--data", c, "--out", t / "o", *TINY,
@@ -207,3 +208,61 @@ def test_main_returns_130_on_keyboard_interrupt(tiny_corpus, tmp_path, monkeypat
                      "--epochs", "3", "--max-steps", "3", "--dropout", "0"])
     assert code == 130 and len(calls) == 5
     assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------- options and recipes
+
+def test_train_help_shows_every_default_and_choice(capsys):
+    code, out, _ = _main(capsys, "train", "--help")
+    assert code == 0
+    text = " ".join(out.split()).split("options:", 1)[1]  # the option list, after the usage lines
+    assert "--architecture {rnn_tanh,rnn_relu,lstm,gru}" in text and "--softmax {full,adaptive}" in text
+    assert "--optimizer {adam,sgd}" in text and "--schedule {cosine,plateau}" in text
+    for flag in ("--weight-drop", "--dropout-embedding", "--lr", "--budget-minutes", "--batch-size", "--bptt"):
+        help_text = text.split(f"{flag} ", 1)[1].split(" --", 1)[0]
+        assert "(default: " in help_text, flag
+
+
+def test_an_architectures_recipe_fills_only_what_the_command_line_leaves_out(tiny_corpus, tmp_path):
+    from training.__main__ import _configs, _parser
+    from training.config import RECIPES
+
+    argv = ["train", "--data", str(tiny_corpus), "--architecture", "rnn_tanh", "--hidden-size", "24"]
+    args = _parser().parse_args(argv)
+    del args.cmd, args.resume
+    tc, mc = _configs(args, argv)
+    assert mc.hidden_size == 24  # given
+    assert tc.lr == RECIPES["rnn_tanh"]["lr"] and mc.embedding_size == RECIPES["rnn_tanh"]["embedding_size"]
+    assert tc.command.endswith("--hidden-size 24")
+
+
+# ---------------------------------------------------------------------------- the GPU recipe, on CPU
+
+def test_gpu_recipe_smoke_run_then_export_gives_two_bundles(tiny_corpus, tmp_path):
+    """training/gpu_recipe.sh --smoke runs the recipe's exact commands on CPU (sizes shrunk for the test),
+    then training/after_gpu.sh joins the parts and exports bundles measured through onnxruntime."""
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": str(tmp_path / "runs"), "CONTEXT_WINDOW": "20",
+           "SMOKE_ARGS": "--embedding-size 16 --hidden-size 24 --batch-size 4 --bptt 8 --eval-batch-size 4"}
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", "training/gpu_recipe.sh", str(tiny_corpus), str(out), "--smoke"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = ("wikitext2-lstm", "wikitext2-rnn")
+    for name in names:
+        log = (out / f"{name}.log").read_text()
+        assert "epoch 2: train ppl" in log and "--architecture" in log and '"sha256"' in log, log
+        assert list((out / name).iterdir()) == [out / name / "checkpoint.pt"]  # small: one part
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)
+
+    done = subprocess.run(["bash", "training/after_gpu.sh", str(out), str(tiny_corpus), str(tmp_path / "models")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "both bundles:" in done.stdout
+    for name, architecture in zip(names, ("lstm", "rnn_tanh")):
+        manifest = json.loads((tmp_path / "models" / name / "manifest.json").read_text())
+        assert manifest["architecture"] == architecture and manifest["tied"]
+        assert manifest["training"]["model_config"]["weight_drop"] > 0
+        assert manifest["training"]["compact"]["dtype"] == "float16"
+        assert manifest["metrics"]["test_perplexity"] > 1 and manifest["metrics"]["test_perplexity_line_reset"] > 1
+        assert "--smoke" not in manifest["training"]["command"] and "--max-steps 2" in manifest["training"]["command"]

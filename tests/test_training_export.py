@@ -18,6 +18,7 @@ from training.data import EOS, UNK, Corpus, batchify
 from training.errors import TrainingError
 from training.evaluate import evaluate_file, perplexity
 from training.export import export, verify
+from training.train import compact
 from training.model import ARCHITECTURES
 from training.train import evaluate_torch, load_checkpoint, model_from_checkpoint
 
@@ -132,7 +133,7 @@ def test_verify_fails_when_only_the_recurrent_state_differs(tiny_trained, tiny_b
     model, _ = model_from_checkpoint(load_checkpoint(tiny_trained() / "best.pt"))
     session = _session(tiny_bundle / "model.onnx")
     with torch.no_grad():
-        model.rnn.bias_hh_l1[0] += 0.01  # the last layer's input gate: hn and cn move
+        model.rnns[1].bias_hh_l0[0] += 0.01  # the last layer's input gate: hn and cn move
     with pytest.raises(TrainingError, match=r"export verification: .*(hn|cn|log_probs): max abs difference"):
         verify(model, session, steps=3)
 
@@ -273,3 +274,42 @@ def test_context_profile_buckets_every_prediction_by_its_context_length(tiny_bun
     long = context_profile(session, manifest, ids, batch, window=10 * n)
     pooled = np.exp(sum(np.log(b["perplexity"]) * b["tokens"] for b in long) / sum(b["tokens"] for b in long))
     assert pooled == pytest.approx(perplexity(session, manifest, ids, batch)[0], rel=1e-3)
+
+
+def test_line_reset_perplexity_scores_each_line_alone_after_an_eos(tiny_trained, tiny_bundle, tiny_corpus):
+    from training.data import read_lines
+    from training.evaluate import line_reset_perplexity
+
+    manifest, vocab, session = open_bundle(tiny_bundle)
+    lines = [vocab.encode([line]) for line in read_lines(tiny_corpus / "test.txt")]
+    ppl, n = line_reset_perplexity(session, manifest, lines, vocab.eos, batch_size=7)
+    model, _ = model_from_checkpoint(load_checkpoint(tiny_trained() / "best.pt"))
+    total = 0.0
+    with torch.no_grad():
+        for line in lines:  # PyTorch, one line at a time from the zero state, read after a lone <eos>
+            tokens = torch.tensor([[vocab.eos, *line[:-1]]])
+            total += float(model.loss(tokens, torch.tensor([list(line)]), model.init_hidden(1))[0]) * len(line)
+    assert n == sum(len(line) for line in lines)
+    assert ppl == pytest.approx(np.exp(total / n), rel=1e-4)
+    assert ppl != pytest.approx(perplexity(session, manifest, np.concatenate(lines), 1)[0], rel=1e-3)
+    metrics = json.loads((tiny_bundle / "manifest.json").read_text())["metrics"]
+    assert metrics["test_perplexity_line_reset"] == pytest.approx(ppl, rel=1e-4)
+    assert evaluate_file(tiny_bundle, tiny_corpus / "test.txt", 4)["perplexity_line_reset"] == pytest.approx(ppl, rel=1e-4)
+
+
+def test_a_float16_bundle_stores_half_the_bytes_and_runs_in_float32(tiny_trained, tiny_bundle, tiny_corpus, tmp_path):
+    import onnx
+
+    run = tiny_trained(embedding_size=32, hidden_size=32)  # tensors large enough to be stored as float16
+    compact(run / "best.pt", tmp_path / "compact", dtype="float16")
+    summary = export(str(tmp_path / "compact"), str(tmp_path / "half"), name="tiny", data=str(tiny_corpus),
+                     verify_steps=5)  # weights "auto": float16, as the compact checkpoint holds
+    export(str(run / "best.pt"), str(tmp_path / "full"), name="tiny", data=str(tiny_corpus), verify_steps=5)
+    half, full = (json.loads((tmp_path / b / "manifest.json").read_text()) for b in ("half", "full"))
+    assert half["onnx"]["weights"]["stored"] == "float16" and full["onnx"]["weights"]["stored"] == "float32"
+    assert half["onnx"]["bytes"] < 0.6 * full["onnx"]["bytes"]
+    graph = onnx.load(str(tmp_path / "half" / "model.onnx")).graph
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+    _, _, session = open_bundle(tmp_path / "half")  # the same checks the training side runs on any bundle
+    assert session.get_outputs()[0].type == "tensor(float)"
+    assert summary["test_perplexity"] == pytest.approx(full["metrics"]["test_perplexity"], rel=1e-2)

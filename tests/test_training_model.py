@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -10,15 +11,18 @@ import torch
 from training.data import Corpus, batchify
 from training.errors import TrainingError
 from training.model import ARCHITECTURES, ModelConfig, RNNModel
-from training.train import evaluate_torch, load_checkpoint, model_from_checkpoint, train
+from training.config import TrainConfig
+from training.train import compact, evaluate_torch, load_checkpoint, model_from_checkpoint, train
 
 VOCAB = 40
+RUN_FILES = ["best.pt", "curves.png", "history.csv", "last.pt"]
+NO_DROPOUT = dict(dropout=0.0, dropout_input=0.0, dropout_hidden=0.0, dropout_embedding=0.0, weight_drop=0.0)
 
 
 def _model(seed: int = 0, **cfg) -> RNNModel:
     torch.manual_seed(seed)
-    base = dict(vocab_size=VOCAB, embedding_size=12, hidden_size=12, layers=2, dropout=0.0, cutoffs=[6, 14],
-                div_value=2.0)
+    base = dict(vocab_size=VOCAB, embedding_size=12, hidden_size=12, layers=2, tied=False, cutoffs=[6, 14],
+                div_value=2.0, **NO_DROPOUT)
     return RNNModel(ModelConfig(**{**base, **cfg})).eval()
 
 
@@ -27,8 +31,9 @@ def _random_state(model: RNNModel, batch: int, gen: torch.Generator) -> tuple[to
     return tuple(torch.randn(shape, generator=gen) * 0.5 for _ in model.cfg.state_names)
 
 
-HEADS = [dict(softmax="full"), dict(softmax="adaptive"), dict(softmax="full", tied=True)]
-HEAD_IDS = ["full", "adaptive", "tied"]
+HEADS = [dict(softmax="full"), dict(softmax="adaptive"), dict(softmax="full", tied=True),
+         dict(softmax="full", tied=True, embedding_size=8)]
+HEAD_IDS = ["full", "adaptive", "tied", "tied-projected"]
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -37,26 +42,31 @@ HEAD_IDS = ["full", "adaptive", "tied"]
     (dict(architecture="transformer"), "unknown architecture"),
     (dict(softmax="hierarchical"), "unknown softmax"),
     (dict(tied=True, softmax="adaptive"), "--tied needs --softmax full"),
-    (dict(tied=True, embedding_size=8), "--tied needs --embedding-size equal"),
     (dict(hidden_size=0), "must be positive"),
     (dict(layers=0), "must be positive"),
-    (dict(vocab_size=0), "must be positive"),
-    (dict(dropout=1.0), "--dropout"),
+    (dict(vocab_size=0), "vocabulary size must be at least 2"),
+    (dict(vocab_size=1), "vocabulary size must be at least 2"),
+    (dict(dropout=1.0), "--dropout must"),
+    (dict(dropout_input=-0.1), "--dropout-input must"),
+    (dict(weight_drop=1.0), "--weight-drop must"),
     (dict(softmax="adaptive", cutoffs=[14, 6]), "--cutoffs"),
     (dict(softmax="adaptive", cutoffs=[0, 6]), "--cutoffs"),
     (dict(softmax="adaptive", cutoffs=[6, 6]), "--cutoffs"),
     (dict(softmax="adaptive", cutoffs=[100, 200]), "--cutoffs"),
 ], ids=lambda v: str(v) if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()))
 def test_bad_model_config_is_a_training_error(change, message):
-    cfg = ModelConfig(**{**dict(vocab_size=VOCAB, embedding_size=12, hidden_size=12), **change})
+    cfg = ModelConfig(**{**dict(vocab_size=VOCAB, embedding_size=12, hidden_size=12, tied=False), **change})
     with pytest.raises(TrainingError, match=message):
         RNNModel(cfg)
 
 
-def test_adaptive_cutoffs_beyond_the_vocab_are_dropped():
-    cfg = ModelConfig(vocab_size=VOCAB, softmax="adaptive", cutoffs=[6, 14, 2000])
-    cfg.validate()
-    assert cfg.cutoffs == [6, 14]
+def test_cutoffs_are_checked_against_the_vocabulary_once_it_is_known_and_never_rewritten():
+    cfg = ModelConfig(softmax="adaptive", tied=False, cutoffs=[6, 14, 2000])
+    cfg.validate()  # vocab_size 0: not known yet (the command line checks options before reading the corpus)
+    cfg.vocab_size = VOCAB
+    with pytest.raises(TrainingError, match=r"--cutoffs \[6, 14, 2000\] must stay below the vocabulary size"):
+        cfg.validate()
+    assert cfg.cutoffs == [6, 14, 2000]
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -128,7 +138,46 @@ def test_a_batched_row_equals_the_same_row_alone(architecture):
 def test_tied_decoder_shares_the_embedding_matrix():
     model = _model(tied=True)
     assert model.decoder.weight is model.encoder.weight
+    assert not hasattr(model, "projection")
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in _model().parameters())
+
+
+def test_a_tied_head_of_another_size_projects_the_state_to_the_embedding():
+    model = _model(tied=True, embedding_size=8, hidden_size=12)
+    assert model.decoder.weight is model.encoder.weight
+    assert tuple(model.projection.weight.shape) == (8, 12)  # (embedding, hidden)
+    assert all(s.shape == (2, 3, 12) for s in model.init_hidden(3))
+
+
+REGULARISERS = [dict(dropout=0.5), dict(dropout_input=0.5), dict(dropout_hidden=0.5), dict(dropout_embedding=0.5),
+                dict(weight_drop=0.5)]
+
+
+@pytest.mark.parametrize("architecture", ["lstm", "rnn_tanh"])
+@pytest.mark.parametrize("regulariser", REGULARISERS, ids=lambda r: next(iter(r)))
+def test_each_regulariser_acts_in_training_only(architecture, regulariser):
+    model = _model(architecture=architecture, **regulariser)
+    gen = torch.Generator().manual_seed(6)
+    tokens = torch.randint(VOCAB, (3, 6), generator=gen)
+    state = model.init_hidden(3)
+    with torch.no_grad():
+        model.eval()
+        plain = [float(model.loss(tokens, tokens, state)[0]) for _ in range(2)]
+        model.train()
+        noisy = [float(model.loss(tokens, tokens, state)[0]) for _ in range(2)]
+        reference = _model(architecture=architecture)  # same seed, no regularisation
+        exact = float(reference.loss(tokens, tokens, state)[0])
+    assert plain[0] == plain[1] == pytest.approx(exact, abs=1e-6)  # eval: the plain model
+    assert noisy[0] != noisy[1] and plain[0] not in noisy  # training: a fresh mask at every call
+
+
+def test_weight_drop_trains_the_hidden_to_hidden_matrix():
+    model = _model(architecture="lstm", weight_drop=0.5).train()
+    tokens = torch.randint(VOCAB, (3, 6), generator=torch.Generator().manual_seed(7))
+    model.loss(tokens, tokens, model.init_hidden(3))[0].backward()
+    grads = [rnn.weight_hh_l0.grad for rnn in model.rnns]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all((g == 0).any() for g in grads)  # the dropped connections got no gradient
 
 
 # ---------------------------------------------------------------------------- learning
@@ -153,7 +202,7 @@ def test_a_few_steps_lower_the_loss_on_a_batch(head):
 
 
 def test_an_epoch_of_training_lowers_validation_perplexity(tiny_trained, tiny_configs, tiny_corpus, tmp_path):
-    run = tiny_trained(max_steps=40)
+    run = tiny_trained(max_steps=80)
     trained, vocab = model_from_checkpoint(load_checkpoint(run / "best.pt"))
     # The same model before any step: same seed, same construction as train() does.
     tc, mc = tiny_configs(tmp_path)
@@ -197,6 +246,79 @@ def test_bad_checkpoints_are_one_line_training_errors(tmp_path, tiny_trained, co
     with pytest.raises(TrainingError, match=message) as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_compact_checkpoint_in_parts_loads_as_the_same_model_with_float16_weights(tiny_trained, tmp_path):
+    run = tiny_trained(tied=True)
+    summary = compact(run / "best.pt", tmp_path / "c", dtype="float16", part_mib=0.004)  # ~4 KiB parts
+    parts = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert len(parts) > 1 and parts == summary["files"] and parts[0] == "checkpoint.pt.part-00"
+    assert all((tmp_path / "c" / p).stat().st_size <= 0.004 * 2**20 for p in parts)
+    small = load_checkpoint(tmp_path / "c")
+    assert "optimizer" not in small and small["compact"]["dtype"] == "float16"
+    assert all(v.dtype == torch.float16 for v in small["state_dict"].values() if v.is_floating_point())
+    assert small["state_dict"]["decoder.weight"] is small["state_dict"]["encoder.weight"]  # tied: stored once
+    full, _ = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    half, _ = model_from_checkpoint(small)
+    for (name, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
+        assert b.dtype == torch.float32 and torch.equal(a.half().float(), b), name
+    with pytest.raises(TrainingError, match="compact checkpoint"):
+        tc, mc = _tiny_resume_configs(run)
+        train(tc, mc, resume=str(tmp_path / "c"))
+    (tmp_path / "c" / parts[-1]).unlink()  # a lost part
+    with pytest.raises(TrainingError, match="not a nextword checkpoint|cannot read checkpoint"):
+        load_checkpoint(tmp_path / "c")
+
+
+def _tiny_resume_configs(run):
+    ckpt = load_checkpoint(run / "best.pt")
+    return TrainConfig(**ckpt["train_config"]), ModelConfig(**ckpt["model_config"])
+
+
+def test_a_checkpoint_of_the_previous_layout_is_upgraded_in_one_place(tiny_trained, tmp_path):
+    """Before per-layer modules: one multi-layer `rnn` module and a single dropout rate."""
+    ckpt = load_checkpoint(tiny_trained() / "best.pt")
+    old = dict(ckpt, state_dict={}, model_config={k: v for k, v in ckpt["model_config"].items()
+                                                  if k not in ("dropout_input", "dropout_hidden",
+                                                               "dropout_embedding", "weight_drop")})
+    for key, value in ckpt["state_dict"].items():  # rnns.1.weight_hh_l0 -> rnn.weight_hh_l1
+        layer, _, name = key.removeprefix("rnns.").partition(".")
+        old["state_dict"][f"rnn.{name[:-1]}{layer}" if key.startswith("rnns.") else key] = value
+    for key in ("commands", "device", "stopped", "wall_seconds_total"):
+        old.pop(key, None)
+    torch.save(old, tmp_path / "old.pt")
+    upgraded = load_checkpoint(tmp_path / "old.pt")
+    assert upgraded["model_config"]["dropout_input"] == upgraded["model_config"]["dropout"]
+    assert upgraded["commands"] == [ckpt["train_config"]["command"]] and upgraded["device"] == "cpu"
+    new, _ = model_from_checkpoint(ckpt)
+    again, _ = model_from_checkpoint(upgraded)
+    tokens = torch.randint(len(ckpt["vocab"]), (2, 5), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert torch.equal(new(tokens, *new.init_hidden(2))[0], again(tokens, *again.init_hidden(2))[0])
+
+
+def test_every_epoch_writes_a_csv_and_a_png_of_the_curves(tiny_configs, tmp_path):
+    tc, mc = tiny_configs(tmp_path / "run", epochs=2, max_steps=5)
+    train(tc, mc)
+    with (tmp_path / "run" / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [float(r["valid_ppl"]) for r in rows] == [h["valid_ppl"] for h in history]
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_budgeted_cosine_schedule_ends_at_its_floor_when_the_budget_runs_out(tiny_configs, tmp_path, monkeypatch):
+    """The schedule follows the wall clock: a fake clock advancing 1 s per call makes the budget bind."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr("training.train.time.monotonic", lambda: float(next(clock)))
+    tc, mc = tiny_configs(tmp_path / "run", schedule="cosine", lr=0.01, lr_floor=0.1, epochs=1000, max_steps=20,
+                          budget_minutes=1.0)
+    summary = train(tc, mc)
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert summary["stopped"] == "budget" and 1 < len(history) < 1000
+    assert history[-1]["lr"] == pytest.approx(0.01 * 0.1, rel=0.05)  # the floor, not mid-schedule
+    assert history[0]["lr"] > 2 * history[-1]["lr"]  # it was still descending after the first epoch
 
 
 # ---------------------------------------------------------------------------- determinism and resume
@@ -282,7 +404,7 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_resume_finishes_the_run(tiny_train
     best = load_checkpoint(out / "best.pt")
     assert best["epoch"] == 1 and load_checkpoint(out / "last.pt")["epoch"] == 1
     model, _ = model_from_checkpoint(best)
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]  # no half-written temp files
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES  # no half-written temp files
 
     tc, mc = tiny_configs(out, **cfg)
     train(tc, mc, resume=str(out / "last.pt"))
@@ -312,7 +434,7 @@ def test_ctrl_c_while_saving_leaves_the_previous_checkpoints_whole(tiny_configs,
         train(tc, mc)
     monkeypatch.undo()
     assert len(saves) == 3
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]  # the partial temp file is gone
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES  # the partial temp file is gone
     for name in ("best.pt", "last.pt"):
         ckpt = load_checkpoint(out / name)
         assert ckpt["epoch"] == 1

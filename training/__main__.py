@@ -1,8 +1,14 @@
-"""Command line: `python -m training {train,export,evaluate}`. Errors end in one line and exit 2."""
+"""Command line: `python -m training {train,export,evaluate,compact}`. Errors end in one line and exit 2.
+
+The `train` options are derived from the fields of ModelConfig and TrainConfig (their defaults,
+choices and help live there); an architecture's recipe (training.config.RECIPES) fills what the command
+line leaves out.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -12,60 +18,121 @@ def _command(argv: list[str]) -> str:
     return "python -m training " + " ".join(shlex.quote(a) for a in argv)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints its usage first; one line is the rule here
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _add_config_fields(parser: argparse.ArgumentParser, cls, recipes: dict[str, dict]) -> None:
+    """One option per dataclass field; unset options stay out of the namespace (the recipe fills them)."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("cli", True) is False:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        per_arch = {arch: r[f.name] for arch, r in recipes.items() if r.get(f.name, default) != default}
+        shown = f"default: {_shown(default)}"
+        if per_arch:
+            shown = "default: " + ", ".join(f"{_shown(v)} for {a}" for a, v in per_arch.items()) + f", else {_shown(default)}"
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{meta.get('help', '')} ({shown})".lstrip())
+        if meta.get("required"):
+            kwargs.update(required=True, help=meta["help"])
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = str if isinstance(default, list) else type(default)  # lists: "a,b", parsed in main
+            kwargs["metavar"] = f.name.upper()
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+            del kwargs["metavar"]
+        flags = ["--" + f.name.replace("_", "-")] + (["--model"] if f.name == "architecture" else [])
+        parser.add_argument(*flags, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    from training.config import RECIPES, ModelConfig, TrainConfig
+
+    p = _Parser(prog="python -m training", description=__doc__, formatter_class=_Formatter)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train a language model on a corpus folder (train/valid/test.txt)")
-    t.add_argument("--data", required=True, help="folder with train.txt, valid.txt, test.txt")
-    t.add_argument("--out", default="runs/model", help="output folder for best.pt / last.pt")
-    t.add_argument("--architecture", "--model", default="lstm", help="rnn_tanh | rnn_relu | lstm | gru")
-    t.add_argument("--layers", type=int, default=2)
-    t.add_argument("--embedding-size", type=int, default=200)
-    t.add_argument("--hidden-size", type=int, default=200)
-    t.add_argument("--dropout", type=float, default=0.2)
-    t.add_argument("--tied", action="store_true", help="tie decoder and embedding weights (full softmax only)")
-    t.add_argument("--softmax", default="full", help="full | adaptive (exact full distribution at export either way)")
-    t.add_argument("--cutoffs", default="2000,10000", help="adaptive softmax cluster boundaries by frequency rank")
-    t.add_argument("--div-value", type=float, default=4.0, help="adaptive softmax tail projection divisor")
-    t.add_argument("--batch-size", type=int, default=20)
-    t.add_argument("--eval-batch-size", type=int, default=10)
-    t.add_argument("--bptt", type=int, default=35, help="truncated backprop length")
-    t.add_argument("--optimizer", default="sgd", help="sgd | adam")
-    t.add_argument("--lr", type=float, default=20.0)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--schedule", default="plateau", help="plateau (divide lr when validation stalls) | cosine")
-    t.add_argument("--lr-decay-factor", type=float, default=4.0)
-    t.add_argument("--clip", type=float, default=0.25, help="gradient norm clip (0 = off)")
-    t.add_argument("--epochs", type=int, default=6)
-    t.add_argument("--budget-minutes", type=float, default=0.0, help="stop after this wall time (0 = none)")
-    t.add_argument("--seed", type=int, default=1111)
-    t.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    t.add_argument("--max-steps", type=int, default=0, help="cap batches per epoch (smoke runs)")
-    t.add_argument("--text-convention", default="wikitext", help="wikitext | whitespace: how user text is split")
+    t = sub.add_parser("train", formatter_class=_Formatter,
+                       help="train a language model on a corpus folder (train/valid/test.txt)",
+                       description="Train a language model. Options left out come from the architecture's "
+                                   "recipe, then from the defaults shown.")
+    _add_config_fields(t, ModelConfig, RECIPES)
+    _add_config_fields(t, TrainConfig, RECIPES)
     t.add_argument("--resume", help="continue from a last.pt checkpoint")
 
-    e = sub.add_parser("export", help="export a checkpoint to a verified ONNX bundle folder")
-    e.add_argument("--checkpoint", required=True)
+    e = sub.add_parser("export", formatter_class=_Formatter, help="export a checkpoint to a verified ONNX bundle folder")
+    e.add_argument("--checkpoint", required=True, help="best.pt, or a folder written by `compact`")
     e.add_argument("--out", required=True, help="bundle folder, e.g. models/wikitext2-lstm")
     e.add_argument("--name", help="bundle name (default: the folder's name)")
     e.add_argument("--data", help="corpus folder: measure valid/test perplexity of the exported file")
+    e.add_argument("--weights", choices=("auto", "float32", "float16"), default="auto",
+                   help="how model.onnx stores its weights (float16: half the size, computed in float32; "
+                        "auto: float16 for a float16 compact checkpoint, else float32)")
     e.add_argument("--verify-steps", type=int, default=20)
     e.add_argument("--context-window", type=int, default=0,
                    help="with --data: record test perplexity by context length (state reset every N tokens)")
 
-    v = sub.add_parser("evaluate", help="perplexity of a bundle through onnxruntime (no torch)")
+    v = sub.add_parser("evaluate", formatter_class=_Formatter, help="perplexity of a bundle through onnxruntime (no torch)")
     v.add_argument("--bundle", required=True)
     v.add_argument("--text", required=True, help="token file, one <eos> appended per line")
     v.add_argument("--batch-size", type=int, default=10)
     v.add_argument("--context-window", type=int, default=0,
                    help="also report perplexity by context length, resetting the state every N tokens (0 = off)")
+
+    c = sub.add_parser("compact", formatter_class=_Formatter,
+                       help="weights-only copy of a checkpoint, split into parts of bounded size")
+    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--out", required=True, help="folder for checkpoint.pt or checkpoint.pt.part-NN")
+    c.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    c.add_argument("--part-mib", type=float, default=15.0, help="largest part, in MiB")
     return p
+
+
+def _configs(args: argparse.Namespace, argv: list[str]):
+    """(TrainConfig, ModelConfig): dataclass defaults, then the architecture's recipe, then the command line."""
+    from training.errors import TrainingError
+    from training.config import RECIPES, ModelConfig, TrainConfig
+
+    given = vars(args)
+    arch = given.get("architecture", ModelConfig.architecture)
+    values = {**RECIPES.get(arch, {}), **given}
+    if values.get("softmax") == "adaptive" and "tied" not in given:  # a recipe's tying needs a full softmax
+        values["tied"] = False
+    if isinstance(values.get("cutoffs"), str):
+        try:
+            values["cutoffs"] = [int(c) for c in values["cutoffs"].split(",") if c.strip()]
+        except ValueError:
+            raise TrainingError(f"--cutoffs must be comma-separated integers, got {values['cutoffs']!r}") from None
+    names = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (TrainConfig, ModelConfig)}
+    tc = TrainConfig(**{k: v for k, v in values.items() if k in names[TrainConfig]}, command=_command(argv))
+    mc = ModelConfig(**{k: v for k, v in values.items() if k in names[ModelConfig]})
+    if min(tc.batch_size, tc.eval_batch_size, tc.bptt, tc.epochs) < 1 or tc.lr <= 0:
+        raise TrainingError("--batch-size, --eval-batch-size, --bptt, --epochs and --lr must be positive")
+    if min(tc.max_steps, tc.threads, tc.warmup_steps, tc.budget_minutes) < 0 or not 0 <= tc.lr_floor <= 1:
+        raise TrainingError("--max-steps, --threads, --warmup-steps and --budget-minutes must not be negative, "
+                            "--lr-floor must be in [0, 1]")
+    mc.validate()  # all but the vocabulary-dependent checks, before the corpus is read
+    return tc, mc
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad option (already reported in one line)
+        return int(e.code or 0)
     from training.errors import TrainingError
 
     try:
@@ -79,36 +146,23 @@ def main(argv: list[str] | None = None) -> int:
             from training.export import export
 
             result = export(args.checkpoint, args.out, args.name, args.data, _command(argv), args.verify_steps,
-                            args.context_window)
+                            args.context_window, args.weights)
+        elif args.cmd == "compact":
+            from training.train import compact
+
+            if args.part_mib <= 0:
+                raise TrainingError("--part-mib must be positive")
+            result = compact(args.checkpoint, args.out, args.dtype, args.part_mib)
         else:
             from training.data import check_corpus
 
-            check_corpus(args.data)  # a bad --data fails here, before torch takes seconds to import
-            from training.model import ModelConfig
-            from training.train import TrainConfig, train
+            resume = vars(args).pop("resume")
+            del args.cmd
+            check_corpus(args.data)  # a bad --data fails here, before the corpus is read
+            tc, mc = _configs(args, argv)
+            from training.train import train
 
-            try:
-                cutoffs = [int(c) for c in args.cutoffs.split(",") if c.strip()]
-            except ValueError:
-                raise TrainingError(f"--cutoffs must be comma-separated integers, got {args.cutoffs!r}") from None
-            if args.text_convention not in ("wikitext", "whitespace"):
-                raise TrainingError(f"unknown text convention {args.text_convention!r}; choose wikitext or whitespace")
-            tc = TrainConfig(data=args.data, out=args.out, text_convention=args.text_convention,
-                             batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, bptt=args.bptt,
-                             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                             schedule=args.schedule, lr_decay_factor=args.lr_decay_factor, clip=args.clip,
-                             epochs=args.epochs, budget_minutes=args.budget_minutes, seed=args.seed,
-                             threads=args.threads, max_steps=args.max_steps, command=_command(argv))
-            mc = ModelConfig(architecture=args.architecture, embedding_size=args.embedding_size,
-                             hidden_size=args.hidden_size, layers=args.layers, dropout=args.dropout, tied=args.tied,
-                             softmax=args.softmax, cutoffs=cutoffs, div_value=args.div_value)
-            if min(tc.batch_size, tc.eval_batch_size, tc.bptt, tc.epochs) < 1 or tc.lr <= 0:
-                raise TrainingError("--batch-size, --eval-batch-size, --bptt, --epochs and --lr must be positive")
-            if min(tc.max_steps, tc.threads) < 0:
-                raise TrainingError("--max-steps and --threads must not be negative")
-            mc.vocab_size = 1  # real size is set from the corpus; validate the rest early
-            mc.validate() if mc.softmax == "full" else ModelConfig(**{**mc.to_dict(), "softmax": "full", "tied": False}).validate()
-            result = train(tc, mc, resume=args.resume)
+            result = train(tc, mc, resume=resume)
     except (TrainingError, OSError) as e:  # OSError: an unwritable --out, a full disk, …
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)  # exactly one line, whatever the message held

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from training.bundle import FORMAT_VERSION, open_bundle
-from training.data import Corpus, file_sha256
+from training.data import Corpus, file_sha256, read_lines
 from training.errors import TrainingError, first_line
-from training.evaluate import context_profile, perplexity
+from training.evaluate import context_profile, line_reset_perplexity, perplexity
 from training.train import library_versions, load_checkpoint, model_from_checkpoint
 
 OPSET = 17
@@ -53,6 +53,33 @@ def _export_onnx(model, path: Path) -> None:
                           input_names=["tokens", *[i for i, _ in names]],
                           output_names=["log_probs", *[o for _, o in names]],
                           dynamic_axes=dynamic, do_constant_folding=True)
+
+
+FLOAT16_MIN_ELEMENTS = 256  # smaller tensors (biases of tiny models) stay float32: nothing to gain
+
+
+def _store_float16(path: Path) -> int:
+    """Rewrites the ONNX file with its large float32 initializers stored as float16, each followed by a
+    Cast back to float32. onnxruntime folds those casts when it loads the file, so inference runs in
+    float32 exactly as before, from weights rounded to float16. Returns the number of tensors converted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < FLOAT16_MIN_ELEMENTS:
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{name}_float16"))
+        casts.append(helper.make_node("Cast", [f"{name}_float16"], [name], to=TensorProto.FLOAT, name=f"{name}_cast"))
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return len(casts)
 
 
 def verify(model, session, steps: int = 20, seed: int = 0) -> dict:
@@ -105,12 +132,18 @@ def verify(model, session, steps: int = 20, seed: int = 0) -> dict:
 
 
 def export(checkpoint: str, out: str, name: str | None = None, data: str | None = None,
-           command: str = "", verify_steps: int = 20, context_window: int = 0) -> dict:
+           command: str = "", verify_steps: int = 20, context_window: int = 0, weights: str = "auto") -> dict:
     import onnxruntime as ort
 
     started = time.monotonic()
     ckpt = load_checkpoint(checkpoint)
     model, vocab = model_from_checkpoint(ckpt)
+    if weights == "auto":
+        weights = ckpt.get("compact", {}).get("dtype", "float32")
+    if weights == "float16":  # PyTorch then computes with exactly the weights the file stores
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
     out_dir = Path(out)
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # temp folder beside it: the final move is a rename
     name = name or out_dir.name
@@ -119,6 +152,7 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
         tmp_dir = Path(tmp)
         onnx_path = tmp_dir / "model.onnx"
         _export_onnx(model, onnx_path)
+        converted = _store_float16(onnx_path) if weights == "float16" else 0
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -142,20 +176,23 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
             "state": [{"input": i, "output": o, "dtype": "float32", "shape": [cfg.layers, "batch", cfg.hidden_size]}
                       for i, o in cfg.state_names],
             "onnx": {"file": "model.onnx", "sha256": file_sha256(onnx_path), "opset": OPSET,
-                     "bytes": onnx_path.stat().st_size},
+                     "bytes": onnx_path.stat().st_size,
+                     "weights": {"stored": weights, "computed": "float32", "tensors_stored_float16": converted}},
             "parity": parity,
             "training": {
                 "corpus": ckpt["corpus"],
                 "command": tc.get("command", ""),
-                "commands": ckpt.get("commands", [tc.get("command", "")]),
+                "commands": ckpt["commands"],
                 "seed": tc["seed"],
                 "epochs": len(ckpt["history"]),
                 "history": ckpt["history"],
-                "stopped": ckpt.get("stopped", "unknown"),
-                "wall_seconds": round(ckpt.get("wall_seconds_total", ckpt["wall_seconds"]), 1),
-                "device": ckpt.get("device", "cpu"),
+                "stopped": ckpt["stopped"],
+                "wall_seconds": round(ckpt["wall_seconds_total"], 1),
+                "device": ckpt["device"],
                 "versions": ckpt["versions"],
-                "config": {k: v for k, v in tc.items() if k not in ("command", "data", "out", "extra")},
+                "config": {k: v for k, v in tc.items() if k not in ("command", "data", "out")},
+                "model_config": cfg.to_dict(),
+                "compact": ckpt.get("compact"),
                 "test_ppl_torch": ckpt.get("test_ppl_torch"),
             },
             "export": {"command": command, "versions": library_versions()},
@@ -165,8 +202,12 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
             batch = tc.get("eval_batch_size", 10)
             valid_ppl, valid_n = perplexity(session, manifest, corpus.valid, batch)
             test_ppl, test_n = perplexity(session, manifest, corpus.test, batch)
+            test_lines = [vocab.encode([line]) for line in read_lines(Path(data) / "test.txt")]
+            reset_ppl, reset_n = line_reset_perplexity(session, manifest, test_lines, vocab.eos)
             manifest["metrics"] = {"valid_perplexity": round(valid_ppl, 3), "test_perplexity": round(test_ppl, 3),
                                    "valid_tokens": valid_n, "test_tokens": test_n, "eval_batch_size": batch,
+                                   "test_perplexity_line_reset": round(reset_ppl, 3), "test_tokens_line_reset": reset_n,
+                                   "line_reset": "state zeroed at every line; each line read after a lone <eos>",
                                    "measured_with": f"onnxruntime {ort.__version__} on the exported model.onnx"}
             if context_window:
                 manifest["metrics"]["context_profile"] = {
@@ -177,6 +218,7 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.move(str(tmp_dir), str(out_dir))
+        out_dir.chmod(0o755)  # TemporaryDirectory made it private; a bundle is read by whoever serves it
         tmp_dir.mkdir()  # TemporaryDirectory cleanup expects it
     print(f"exported {out_dir} in {time.monotonic() - started:.1f} s (parity max abs diff "
           f"{parity['max_abs_diff']:.2e})", file=sys.stderr)

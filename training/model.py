@@ -1,84 +1,58 @@
-"""The RNN language model: embedding -> RNN/LSTM/GRU -> softmax over the vocabulary.
+"""The RNN language model: embedding -> stacked RNN/LSTM/GRU layers -> softmax over the vocabulary.
 
 One class for every architecture, chosen by name. Two output heads:
-- `full`: a linear decoder (optionally tied to the embedding) and a log-softmax;
+- `full`: a linear decoder and a log-softmax; `tied` shares its matrix with the input embedding
+  (Inan et al. 2017, Press & Wolf 2017), through a hidden -> embedding projection when the sizes differ;
 - `adaptive`: PyTorch's adaptive softmax (Grave et al. 2017) for fast training, which still
   yields the exact, normalised distribution over the whole vocabulary at inference.
-Knows nothing of corpora files, ONNX or serving.
+Regularisation for training only, as in AWD-LSTM (Merity et al. 2018): word-level embedding dropout,
+locked (variational) dropout on the embedding, between layers and on the output, and DropConnect on
+each layer's hidden-to-hidden matrix ("weight drop"). In eval mode the model is a plain stack of
+layers, which is what exports to ONNX. Knows nothing of corpora files, ONNX or serving.
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from training.config import ARCHITECTURES, ModelConfig  # noqa: F401  (ARCHITECTURES: re-exported)
 from training.errors import TrainingError
 
-ARCHITECTURES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """One mask per sequence and feature, the same at every time step; x is (batch, seq, features)."""
+    if not training or p == 0.0:
+        return x
+    mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p)  # (batch, 1, features)
+    return x * mask
 
 
-@dataclass
-class ModelConfig:
-    architecture: str = "lstm"
-    vocab_size: int = 0
-    embedding_size: int = 200
-    hidden_size: int = 200
-    layers: int = 2
-    dropout: float = 0.2
-    tied: bool = False
-    softmax: str = "full"  # full | adaptive
-    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
-    div_value: float = 4.0
-
-    def validate(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise TrainingError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-        if self.softmax not in ("full", "adaptive"):
-            raise TrainingError(f"unknown softmax {self.softmax!r}; choose full or adaptive")
-        if self.tied and self.softmax != "full":
-            raise TrainingError("--tied needs --softmax full")
-        if self.tied and self.embedding_size != self.hidden_size:
-            raise TrainingError("--tied needs --embedding-size equal to --hidden-size")
-        if min(self.embedding_size, self.hidden_size, self.layers, self.vocab_size) < 1:
-            raise TrainingError("sizes and layer count must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TrainingError("--dropout must be in [0, 1)")
-        if self.softmax == "adaptive":
-            cuts = [c for c in self.cutoffs if c < self.vocab_size - 1]
-            if not cuts or cuts != sorted(set(cuts)) or cuts[0] < 1:
-                raise TrainingError(f"--cutoffs {self.cutoffs} must be positive, increase and stay below the vocab size {self.vocab_size}")
-            self.cutoffs = cuts
-
-    @property
-    def state_names(self) -> list[tuple[str, str]]:
-        """(input, output) names of the recurrent state tensors, in order."""
-        return [("h0", "hn"), ("c0", "cn")] if self.architecture == "lstm" else [("h0", "hn")]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def _make_layer(architecture: str, inputs: int, hidden: int) -> nn.Module:
+    if architecture == "lstm":
+        return nn.LSTM(inputs, hidden, batch_first=True)
+    if architecture == "gru":
+        return nn.GRU(inputs, hidden, batch_first=True)
+    return nn.RNN(inputs, hidden, nonlinearity=architecture.split("_")[1], batch_first=True)
 
 
 class RNNModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
+        if cfg.vocab_size < 2:
+            raise TrainingError(f"vocabulary size must be at least 2, got {cfg.vocab_size}")
         self.cfg = cfg
-        self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
-        rnn_dropout = cfg.dropout if cfg.layers > 1 else 0.0
-        if cfg.architecture == "lstm":
-            self.rnn = nn.LSTM(cfg.embedding_size, cfg.hidden_size, cfg.layers, dropout=rnn_dropout, batch_first=True)
-        elif cfg.architecture == "gru":
-            self.rnn = nn.GRU(cfg.embedding_size, cfg.hidden_size, cfg.layers, dropout=rnn_dropout, batch_first=True)
-        else:
-            nonlinearity = cfg.architecture.split("_")[1]
-            self.rnn = nn.RNN(cfg.embedding_size, cfg.hidden_size, cfg.layers, nonlinearity=nonlinearity,
-                              dropout=rnn_dropout, batch_first=True)
+        # One single-layer module per layer, so locked dropout and weight drop can act between them.
+        self.rnns = nn.ModuleList(
+            _make_layer(cfg.architecture, cfg.embedding_size if k == 0 else cfg.hidden_size, cfg.hidden_size)
+            for k in range(cfg.layers))
+        if cfg.projected:
+            self.projection = nn.Linear(cfg.hidden_size, cfg.embedding_size)
         if cfg.softmax == "full":
-            self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+            self.decoder = nn.Linear(cfg.embedding_size if cfg.tied else cfg.hidden_size, cfg.vocab_size)
+            nn.init.zeros_(self.decoder.bias)
             if cfg.tied:
                 self.decoder.weight = self.encoder.weight
         else:
@@ -87,20 +61,44 @@ class RNNModel(nn.Module):
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
 
     def init_hidden(self, batch: int) -> tuple[torch.Tensor, ...]:
-        """Zero state: a tuple of (layers, batch, hidden) tensors, one per state name."""
+        """Zero state: a tuple of (layers, batch, hidden) tensors, one per state name, on the model's device."""
         shape = (self.cfg.layers, batch, self.cfg.hidden_size)
-        return tuple(torch.zeros(shape) for _ in self.cfg.state_names)
+        device = self.encoder.weight.device
+        return tuple(torch.zeros(shape, device=device) for _ in self.cfg.state_names)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        weight = self.encoder.weight  # (vocab, emb)
+        p = self.cfg.dropout_embedding
+        if self.training and p > 0.0:
+            weight = weight * (weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p))  # whole words
+        return F.embedding(tokens, weight)  # (batch, seq, emb)
+
+    def _layer(self, rnn: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        hx = state if len(state) > 1 else state[0]
+        if self.training and self.cfg.weight_drop > 0.0:
+            dropped = F.dropout(rnn.weight_hh_l0, self.cfg.weight_drop, training=True)
+            out, new = torch.func.functional_call(rnn, {"weight_hh_l0": dropped}, (x, hx))
+        else:
+            out, new = rnn(x, hx)
+        return out, new if isinstance(new, tuple) else (new,)
 
     def _rnn(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
-        emb = self.drop(self.encoder(tokens))  # (batch, seq, emb)
-        out, new = self.rnn(emb, state if len(state) > 1 else state[0])
-        new = new if isinstance(new, tuple) else (new,)
-        return self.drop(out), new  # (batch, seq, hidden), state
+        cfg = self.cfg
+        x = locked_dropout(self._embed(tokens), cfg.dropout_input, self.training)  # (batch, seq, emb)
+        news = []
+        for k, rnn in enumerate(self.rnns):
+            x, new = self._layer(rnn, x, tuple(s[k : k + 1].contiguous() for s in state))  # (1, batch, hidden) each
+            news.append(new)
+            x = locked_dropout(x, cfg.dropout_hidden if k < cfg.layers - 1 else cfg.dropout, self.training)
+        state = tuple(torch.cat([new[j] for new in news], 0) for j in range(len(state)))  # (layers, batch, hidden)
+        if cfg.projected:
+            x = self.projection(x)  # (batch, seq, emb)
+        return x, state  # (batch, seq, emb or hidden), state
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor, state: tuple[torch.Tensor, ...]):
         """Mean next-token NLL over every position; tokens/targets (batch, seq)."""
         out, new = self._rnn(tokens, state)
-        flat = out.reshape(-1, self.cfg.hidden_size)  # (batch*seq, hidden)
+        flat = out.reshape(-1, out.size(-1))  # (batch*seq, features)
         if self.cfg.softmax == "full":
             nll = F.cross_entropy(self.decoder(flat), targets.reshape(-1))
         else:
@@ -108,7 +106,7 @@ class RNNModel(nn.Module):
         return nll, new
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full next-word log-probabilities for (n, hidden) -> (n, vocab); export-friendly."""
+        """Full next-word log-probabilities for (n, features) -> (n, vocab); export-friendly."""
         if self.cfg.softmax == "full":
             return F.log_softmax(self.decoder(hidden), dim=-1)
         a = self.adaptive
