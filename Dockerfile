@@ -1,47 +1,55 @@
 # nextword: the next-word prediction service (`python -m service`: gunicorn + onnxruntime).
 #
-#   docker build -t nextword .                                     # default image, runs on CPU anywhere
-#   docker build --build-arg ORT_EXTRAS=cuda,cudnn -t nextword:gpu .   # + CUDA 13 / cuDNN 9 user-space libs
-#   docker run --rm -p 8000:8000 nextword                          # embedded Redis (dev); set REDIS_URL in prod
+#   make image          # both variants below, from BASE_IMAGE (default: the PYTHON_IMAGE below)
+#   make image-smoke    # runs the CPU image read-only and checks /readyz, /predict and a stream
+#   docker build -t nextword:cpu .                                                   # CPU
+#   docker build --build-arg ONNXRUNTIME='onnxruntime-gpu[cuda,cudnn]' -t nextword:gpu .   # GPU
+#   docker run --rm -p 8000:8000 nextword:cpu     # embedded Redis (dev); set REDIS_URL in production
 #
-# GPU choice. onnxruntime-gpu (the service dependency on Linux x86-64) contains the CUDA execution
-# provider but not the CUDA/cuDNN runtime libraries; without them, or without a GPU, the service
-# falls back to CPU (NEXTWORD_DEVICE=auto), so one default image serves CPU-only hosts and stays
-# small (~0.5 GB of Python packages). For GPU nodes, ORT_EXTRAS=cuda,cudnn installs onnxruntime's
-# own `cuda`/`cudnn` extras: NVIDIA's pip wheels (nvidia-cu13 runtime, cuBLAS, cuFFT, cuRAND,
-# cuDNN), pinned by onnxruntime to the CUDA major it was built for, adding ~2-3 GB. LD_LIBRARY_PATH
-# below points at those wheels so onnxruntime finds them (it does not preload them itself); in the
-# default image those folders do not exist and the setting is inert. The GPU driver (libcuda)
-# always comes from the host through the NVIDIA container toolkit (`docker run --gpus all`, or
-# `nvidia.com/gpu` on Kubernetes). An nvidia/cuda base image was not chosen: it carries no
-# Python 3.11 and duplicates what the wheels provide, matched to onnxruntime's CUDA major.
+# Two variants, one Dockerfile. ONNXRUNTIME names the onnxruntime distribution (its version comes
+# from constraints.txt):
+# - `onnxruntime` (default): the CPU build, a ~24 MB wheel. The CPU image.
+# - `onnxruntime-gpu[cuda,cudnn]`: the CUDA execution provider (~256 MB wheel) plus onnxruntime's
+#   own `cuda`/`cudnn` extras, NVIDIA's pip wheels of the CUDA 13 runtime, cuFFT, cuRAND, cuBLAS
+#   and cuDNN 9, matched by onnxruntime to the CUDA major it was built for (a few GB). No CUDA base
+#   image is needed: LD_LIBRARY_PATH below points at those wheels (onnxruntime does not preload
+#   them); in the CPU image the folders do not exist and the setting is inert. The driver (libcuda)
+#   comes from the host through the NVIDIA container toolkit (`docker run --gpus all`, or
+#   `nvidia.com/gpu` on Kubernetes). Without a GPU the GPU image falls back to CPU
+#   (NEXTWORD_DEVICE=auto) or refuses to start (NEXTWORD_DEVICE=cuda).
+#
+# PYTHON_IMAGE is any Debian-based image with Python 3.11 as `python3` and the `venv` module, e.g.
+# the official slim image (default) or a `debootstrap` bookworm root imported with `docker import`
+# (see the README, "Container image"). Both stages use it, so the venv's interpreter path holds.
+#
+# The service is copied, not pip-installed: the package metadata names onnxruntime-gpu on Linux
+# x86-64 (pyproject.toml), which the CPU image deliberately replaces; `pip check` then vouches for
+# what is really installed.
 
 ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 
-# --- builder: a virtual environment with the service dependencies and the service package only
-# (no train/test extras: the service never imports torch). Every dependency ships as a wheel,
-# so no compiler is needed.
+# --- builder: a virtual environment with the service dependencies only (no train/test extras: the
+# service never imports torch). Every dependency ships as a wheel, so no compiler is needed.
 FROM ${PYTHON_IMAGE} AS builder
-ARG ORT_EXTRAS=""
+ARG ONNXRUNTIME=onnxruntime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 COPY pyproject.toml constraints.txt ./
-# Dependencies first, from pyproject.toml's own pins, in a layer that only changes with it
-# (onnxruntime-gpu alone is a few hundred MB); ORT_EXTRAS adds the extras to onnxruntime-gpu.
-RUN python -c 'import sys, tomllib; extras = sys.argv[1]; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d.replace("onnxruntime-gpu==", f"onnxruntime-gpu[{extras}]==", 1) if extras else d for d in deps))' "$ORT_EXTRAS" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
-COPY service/ service/
-RUN pip install --no-cache-dir --no-deps . \
+# pyproject.toml's dependencies without its onnxruntime lines, plus $ONNXRUNTIME; exact versions
+# from constraints.txt. One layer that changes only with those two files.
+RUN python -c 'import re, sys, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join([d for d in deps if not re.match(r"onnxruntime\b", d)] + [sys.argv[1]]))' "$ONNXRUNTIME" > requirements.txt \
+    && pip install --no-cache-dir -c constraints.txt -r requirements.txt \
     && pip check
 
 # --- runtime: the venv, the model bundles, a non-root user; nothing else
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="nextword" \
-      org.opencontainers.image.description="Next-word prediction service for recurrent language models (ONNX Runtime, sessions in Redis)"
+      org.opencontainers.image.description="Next-word prediction service for recurrent language models (ONNX Runtime, sessions in Redis)" \
+      org.opencontainers.image.licenses="Apache-2.0"
 # uid/gid 10001: numeric so Kubernetes' runAsNonRoot can verify it; no shell login, no home.
 RUN groupadd --system --gid 10001 nextword \
     && useradd --system --uid 10001 --gid nextword --no-create-home --shell /usr/sbin/nologin nextword
@@ -49,6 +57,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     ORT_DISABLE_TELEMETRY=1 \
     HOME=/tmp \
@@ -63,9 +72,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 # the user has no home. ORT_DISABLE_TELEMETRY=1: onnxruntime's Linux build otherwise sends usage
 # telemetry to Microsoft and tries to persist a device id under HOME; a server image should not.
 WORKDIR /app
-COPY --from=builder /opt/venv /opt/venv
-COPY models/ /app/models/
-USER 10001:10001
 EXPOSE 8000
 # Liveness only (the process answers); readiness, which needs Redis, is /readyz.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
@@ -73,3 +79,11 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
 # The launcher forwards SIGTERM to gunicorn, which gives in-flight requests NEXTWORD_GRACEFUL_TIMEOUT.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["python", "-m", "service"]
+USER 10001:10001
+# Files last, least often changed first; they stay owned by root, so the service cannot modify them.
+# The shipped bundles: to serve others without rebuilding, mount a folder of bundles over
+# /app/models (or elsewhere, with NEXTWORD_MODELS_DIR): deploy/README.md, "Models from a volume".
+COPY models/ /app/models/
+COPY LICENSE /app/LICENSE
+COPY --from=builder /opt/venv /opt/venv
+COPY service/ /app/service/
