@@ -1,7 +1,10 @@
 """Checks the deployment files (Dockerfile, docker-compose.yml, deploy/): lints each with the pinned
 tools of the `test` extra, and checks that they agree with the service they deploy: every
 variable they set is a setting of service/config.py, ports and probe paths are the service's own,
-and shutdown gives gunicorn its whole graceful timeout. No Docker engine or cluster is needed.
+shutdown gives gunicorn its whole graceful timeout, and the monitoring kit (alert rules with their
+promtool unit tests, the dashboard, the ServiceMonitor, the autoscaling metric) names only metrics
+that service/metrics.py exports. No Docker engine or cluster is needed; `make image-smoke` runs the
+real image.
 
     .venv/bin/python -m pytest tests/test_deploy.py -q
 """
@@ -29,9 +32,12 @@ GPU_OVERLAY = DEPLOY / "overlays" / "gpu"
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = DEPLOY / "prometheus"
+MONITORING = DEPLOY / "monitoring"
+MODELS_OVERLAY = DEPLOY / "overlays" / "models-volume"
+NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
 K8S_VERSION = "1.34.0"  # validated against; autoscaling/v2 and policy/v1 are GA since 1.23 / 1.21
 PORT = 8000  # the port the image exposes and every probe, Service and scrape uses
-NON_SETTINGS_OK = {"PATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "LD_LIBRARY_PATH",
+NON_SETTINGS_OK = {"PATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONPATH", "LD_LIBRARY_PATH",
                    "NVIDIA_DRIVER_CAPABILITIES", "ORT_DISABLE_TELEMETRY", "HOME", "PIP_DISABLE_PIP_VERSION_CHECK"}
 
 
@@ -69,12 +75,19 @@ def _patch_files() -> set[Path]:
     return out
 
 
+def _is_operator_resource(path: Path) -> bool:
+    """Prometheus Operator custom resources: no schema in kubernetes-validate (checked below instead)."""
+    return any(doc.get("apiVersion", "").startswith("monitoring.coreos.com/") for doc in _load_all(path))
+
+
 def _manifests() -> list[Path]:
-    """Every Kubernetes manifest under deploy/: YAML files that are neither a kustomization,
-    nor a kustomize patch (validated once merged, below), nor a Prometheus config."""
+    """Every Kubernetes manifest of the core API under deploy/: YAML files that are neither a
+    kustomization, nor a kustomize patch (validated once merged, below), nor a Prometheus config,
+    nor a Prometheus Operator resource."""
     patches = _patch_files()
     return sorted(p for p in DEPLOY.rglob("*.yaml")
-                  if p.name != "kustomization.yaml" and p.resolve() not in patches and PROMETHEUS not in p.parents)
+                  if p.name != "kustomization.yaml" and p.resolve() not in patches and PROMETHEUS not in p.parents
+                  and not _is_operator_resource(p))
 
 
 def _resources() -> list[dict]:
@@ -121,6 +134,15 @@ def _strategic_merge(base, patch):
 
 def _gpu_deployment() -> dict:
     return _strategic_merge(_deployment(), yaml.safe_load((GPU_OVERLAY / "deployment-gpu.yaml").read_text()))
+
+
+def _gpu_hpa() -> dict:
+    return _strategic_merge(_one("HorizontalPodAutoscaler"), yaml.safe_load((GPU_OVERLAY / "hpa-gpu.yaml").read_text()))
+
+
+def _models_volume_deployment() -> dict:
+    patch = yaml.safe_load((MODELS_OVERLAY / "deployment-models-volume.yaml").read_text())
+    return _strategic_merge(_deployment(), patch)
 
 
 def _settings_read_by_config() -> set[str]:
@@ -303,7 +325,8 @@ def test_dockerfile_shape():
     default_base = next(args for i, args in instructions if i == "ARG" and args.startswith("PYTHON_IMAGE="))
     assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11\.\d+-slim(-\w+)?", default_base), default_base
     runs = " ".join(args for i, args in instructions if i == "RUN")
-    assert "pip install --no-cache-dir --no-deps ." in runs
+    assert "-c constraints.txt" in runs and "pip check" in runs, "exact versions, and vouched for"
+    assert ("ARG", "ONNXRUNTIME=onnxruntime") in instructions, "the default image is the CPU build of onnxruntime"
     assert not re.search(r"\[(train|test)\b|torch", runs), "the image installs the service dependencies only"
     user = [args for i, args in instructions if i == "USER"]
     assert user and user[-1].split(":")[0] not in ("0", "root")
@@ -311,8 +334,11 @@ def test_dockerfile_shape():
     assert ("STOPSIGNAL", "SIGTERM") in instructions
     assert ("ENTRYPOINT", '["python", "-m", "service"]') in instructions
     copied = " ".join(args for i, args in instructions if i == "COPY")
-    assert "service/" in copied and "models/" in copied
+    assert "service/ /app/service/" in copied and "models/" in copied and "LICENSE" in copied
     env = _dockerfile_env()
+    assert env["PYTHONPATH"] == "/app", "the service is copied, not installed: python -m service finds it here"
+    labels = " ".join(args for i, args in instructions if i == "LABEL")
+    assert 'org.opencontainers.image.licenses="Apache-2.0"' in labels
     assert env["NEXTWORD_BIND"] == f"0.0.0.0:{PORT}"
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/"), "must be on the writable /tmp mount"
 
@@ -330,7 +356,8 @@ def test_every_variable_set_is_a_setting():
     settings = _settings_read_by_config()
     configmap = _one("ConfigMap", "nextword-config")["data"]
     secret = _one("Secret", "nextword-api-keys")["stringData"]
-    deployment_env = [e["name"] for e in _container(_gpu_deployment()).get("env", [])]
+    deployment_env = [e["name"] for d in (_gpu_deployment(), _models_volume_deployment())
+                      for e in _container(d).get("env", [])]
     compose_env = [k for svc in _compose_nextword_services().values() for k in svc["environment"]]
     docker_env = [k for k in _dockerfile_env() if k not in NON_SETTINGS_OK]
     for source, names in (("configmap", configmap), ("secret", secret), ("deployment/gpu patch", deployment_env),
@@ -357,7 +384,8 @@ def test_ports_agree():
     configmap = _one("ConfigMap", "nextword-config")["data"]
     assert configmap["NEXTWORD_BIND"].rsplit(":", 1)[1] == str(PORT)
     for svc in _compose_nextword_services().values():
-        assert [p.rsplit(":", 1)[1] for p in svc["ports"]] == [str(PORT)]
+        assert "ports" not in svc, "clients reach the service through the proxy only"
+        assert svc["expose"] == [str(PORT)]
     assert all(_url_port_path(u)[0] == PORT for u in _healthcheck_urls())
     targets = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]["static_configs"]
     assert targets[0]["targets"] == [f"nextword:{PORT}"]
@@ -411,7 +439,8 @@ def test_deployment_is_hardened_and_sized():
     deployment = _deployment()
     spec = deployment["spec"]["template"]["spec"]
     container = _container(deployment)
-    assert deployment["spec"]["replicas"] >= 2
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    assert _one("HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind])
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -450,3 +479,247 @@ def test_third_party_images_are_pinned():
     assert images
     for image in images:
         assert re.search(r":v?\d+\.\d+\.\d+", image), f"{image} is not pinned to a version"
+
+
+# --------------------------------------------------------------------------- monitoring kit
+
+ALERTS = PROMETHEUS / "alerts.yml"
+DASHBOARD = MONITORING / "nextword-dashboard.json"
+
+
+def _exported_series() -> dict[str, str]:
+    """Series name -> metric type, for every metric service/metrics.py declares (the one home of
+    metric names): counters as `_total`, histograms as `_bucket`/`_sum`/`_count`."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import service.metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    out = {}
+    for value in vars(service.metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                out.update({family.name + suffix: family.type for suffix in suffixes[family.type]})
+    assert "nextword_active_streams" in out and "nextword_http_requests_total" in out, "metrics parse broke"
+    return out
+
+
+def _metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\bnextword_[a-z_]+\b", text))
+
+
+def _dashboard_exprs() -> list[str]:
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_alert_rules_pass_promtool_check():
+    result = _run(_promtool(), "check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_unit_tests_pass():
+    """deploy/prometheus/alerts.test.yml: each alert fires on its input series, after its `for:`,
+    with its labels and rendered annotations, and stays quiet on a healthy fleet."""
+    result = _run(_promtool(), "test", "rules", "alerts.test.yml", cwd=PROMETHEUS)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS / "alerts.test.yml").read_text()))
+    defined = {rule["alert"] for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]}
+    assert defined <= tested, f"alerts without a unit test: {sorted(defined - tested)}"
+
+
+def test_compose_prometheus_loads_the_alert_rules():
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    mounts = _compose()["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
+
+
+def test_prometheus_rule_wraps_the_alert_rules_unchanged():
+    rule = _load_all(MONITORING / "prometheusrule.yaml")[0]
+    assert rule["kind"] == "PrometheusRule" and rule["metadata"]["namespace"] == "nextword"
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"], \
+        "deploy/monitoring/prometheusrule.yaml is stale: run `make monitoring`"
+
+
+@pytest.mark.parametrize("path", [ALERTS, DASHBOARD, PROMETHEUS / "adapter-rules.yml", GPU_OVERLAY / "hpa-gpu.yaml"],
+                         ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_monitoring_names_only_exported_metrics(path):
+    names = _metric_names(path.read_text(encoding="utf-8"))
+    assert names, f"{path.name} names no nextword metric"
+    unknown = sorted(names - set(_exported_series()))
+    assert not unknown, f"{path.name} uses {unknown}, which service/metrics.py does not export"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    """Each panel query, with Grafana's $__rate_interval filled in, as a recording rule: promtool
+    parses every expression."""
+    exprs = _dashboard_exprs()
+    assert len(exprs) >= 10
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "5m")}
+        for i, expr in enumerate(exprs)]}]}
+    out = tmp_path / "dashboard-rules.yml"
+    out.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    result = _run(_promtool(), "check", "rules", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_covers_every_exported_metric():
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    shown = {re.sub(r"_(bucket|sum|count)$", "", name) for expr in _dashboard_exprs() for name in _metric_names(expr)}
+    families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in _exported_series()}
+    assert families <= shown, f"metrics on no panel: {sorted(families - shown)}"
+
+
+def test_service_monitor_scrapes_each_pod_of_the_service():
+    monitor = _load_all(MONITORING / "servicemonitor.yaml")[0]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
+    service = _one("Service", "nextword")
+    labels = service["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics" and endpoint["path"] in _routes()
+    assert _duration_seconds(endpoint["scrapeTimeout"]) < _duration_seconds(endpoint["interval"])
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == ["prometheusrule.yaml", "servicemonitor.yaml"]
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["files"] == [DASHBOARD.name] and generator["options"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_alerts_select_the_job_both_scrape_setups_produce():
+    """alerts.yml and the dashboard select job="nextword": the ServiceMonitor's job is the Service's
+    name; the annotation-based job relabels `job` from the app label; compose names its job so."""
+    assert 'job="nextword"' in ALERTS.read_text()
+    assert _one("Service", "nextword")["metadata"]["labels"]["app.kubernetes.io/name"] == "nextword"
+    relabels = yaml.safe_load((PROMETHEUS / "kubernetes.yml").read_text())["scrape_configs"][0]["relabel_configs"]
+    targets = {r.get("target_label"): r.get("source_labels") for r in relabels}
+    assert targets["job"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    assert {"namespace", "pod"} <= set(targets), "prometheus-adapter needs namespace and pod labels"
+    assert yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]["job_name"] == "nextword"
+
+
+# --------------------------------------------------------------------------- autoscaling, models, Redis, probes
+
+def test_gpu_overlay_scales_on_active_streams_through_the_adapter(tmp_path):
+    hpa = _gpu_hpa()
+    out = tmp_path / "hpa-gpu-merged.yaml"
+    out.write_text(yaml.safe_dump(hpa), encoding="utf-8")
+    _kubernetes_validate(out)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods", "a serving metric per pod, not CPU"
+    name = metric["pods"]["metric"]["name"]
+    assert _exported_series()[name] == "gauge"
+    assert hpa["spec"]["minReplicas"] >= 2 and "replicas" not in _gpu_deployment()["spec"]
+    # below the threads of one pod, so scale-out comes before streams take every thread
+    configmap = _one("ConfigMap", "nextword-config")["data"]
+    assert float(metric["pods"]["target"]["averageValue"]) < int(configmap["NEXTWORD_WORKERS"]) * int(
+        configmap["NEXTWORD_THREADS"])
+    (rule,) = yaml.safe_load((PROMETHEUS / "adapter-rules.yml").read_text())["rules"]["custom"]
+    assert rule["name"]["as"] == name and name in rule["seriesQuery"]
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    overlay = yaml.safe_load((GPU_OVERLAY / "kustomization.yaml").read_text())
+    assert {p["path"] for p in overlay["patches"]} == {"deployment-gpu.yaml", "hpa-gpu.yaml"}
+
+
+def test_models_volume_overlay_mounts_bundles_read_only(tmp_path):
+    deployment = _models_volume_deployment()
+    out = tmp_path / "deployment-models-volume-merged.yaml"
+    out.write_text(yaml.safe_dump(deployment), encoding="utf-8")
+    _kubernetes_validate(out)
+    container = _container(deployment)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
+    assert env["NEXTWORD_MODELS_DIR"] == mount["mountPath"] and mount["readOnly"] is True
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models")
+    pvc = next(d for d in _load_all(MODELS_OVERLAY / "models-pvc.yaml") if d["kind"] == "PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"], "every API pod mounts it"
+    overlay = yaml.safe_load((MODELS_OVERLAY / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../../base", "models-pvc.yaml"]
+
+
+def _redis_flags(args: list[str]) -> dict[str, str]:
+    args = [a for a in args if a != "redis-server"]
+    return {a[2:]: b for a, b in zip(args[::2], args[1::2])}
+
+
+def _mebibytes(text: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]+)", text).groups()
+    return int(number) * {"mb": 1, "gb": 1024, "Mi": 1, "Gi": 1024}[unit]
+
+
+def test_redis_has_a_memory_limit_and_evicts_idle_sessions():
+    """Compose and Kubernetes set maxmemory and the same volatile-* policy (deploy/README.md,
+    "Redis memory"): every session key has a TTL, so only those are candidates."""
+    compose = _redis_flags(_compose()["services"]["redis"]["command"])
+    container = _one("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
+    k8s = _redis_flags(container["args"])
+    for flags in (compose, k8s):
+        assert flags["maxmemory-policy"] == "volatile-lru"
+        assert _mebibytes(flags["maxmemory"]) > 0
+        assert "E" in flags["notify-keyspace-events"] and "x" in flags["notify-keyspace-events"]
+    # the container's memory limit leaves room above maxmemory for the fork of an AOF rewrite
+    assert _mebibytes(container["resources"]["limits"]["memory"]) >= 2 * _mebibytes(k8s["maxmemory"])
+
+
+def test_readiness_does_not_depend_on_redis():
+    """All pods share one Redis: a readiness probe on /readyz would empty the Service during a Redis
+    outage and take stateless /predict down with it. Readiness is /healthz; /readyz stays for the
+    compose healthcheck and monitoring."""
+    for deployment in (_deployment(), _gpu_deployment(), _models_volume_deployment()):
+        assert _container(deployment)["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert all(_url_port_path(u)[1] == "/readyz" for u in _healthcheck_urls()[1:]), "compose: healthy = ready"
+
+
+# --------------------------------------------------------------------------- the reverse proxy
+
+def _nginx_directives() -> list[tuple[str, str]]:
+    text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text(encoding="utf-8"))
+    return [(m.group(1), m.group(2).strip()) for m in re.finditer(r"(?m)^\s*([a-z_0-9]+)\s+([^;{]*)[;{]", text)]
+
+
+def test_compose_puts_the_buffering_proxy_in_front():
+    proxy = _compose()["services"]["proxy"]
+    assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", proxy["image"])
+    assert [p.split(":")[0] for p in proxy["ports"]] == [str(PORT)], "clients keep using port 8000"
+    assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert proxy["read_only"] is True and proxy["tmpfs"] == ["/tmp"]
+    directives = dict(_nginx_directives())
+    listen = [v for k, v in _nginx_directives() if k == "listen"]
+    assert [p.split(":")[1] for p in proxy["ports"]] == listen
+    assert f"nextword:{PORT}" in [v for k, v in _nginx_directives() if k == "server" and ":" in v][0]
+    assert _duration_seconds(directives["client_header_timeout"]) <= 10
+    assert _duration_seconds(directives["client_body_timeout"]) <= 10
+    assert directives["proxy_request_buffering"] == "on"
+    size = directives["client_max_body_size"]
+    assert int(size.rstrip("k")) * 1024 == Settings.max_body_bytes, "the proxy's body limit is the service's"
+
+
+def test_proxy_streams_generations_unbuffered():
+    text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text(encoding="utf-8"))
+    block = re.search(r"location ~ (\S+) \{([^}]*)\}", text)
+    pattern, body = re.compile(block.group(1)), block.group(2)
+    assert pattern.match("/sessions/abc123/generate") and not pattern.match("/predict")
+    assert re.search(r"proxy_buffering\s+off;", body) and re.search(r"proxy_cache\s+off;", body)
+
+
+def test_nginx_accepts_the_proxy_config(tmp_path):
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        pytest.skip("nginx not on PATH (Debian package `nginx`): the proxy config's syntax is not checked")
+    # `nextword` resolves only inside compose; everything else is the file as shipped
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.read_text(encoding="utf-8").replace(f"server nextword:{PORT};",
+                                                                      f"server 127.0.0.1:{PORT};"))
+    result = _run(nginx, "-t", "-q", "-c", str(conf), "-e", str(tmp_path / "error.log"))
+    assert result.returncode == 0, result.stdout + result.stderr
