@@ -36,10 +36,6 @@ def _int(env: dict, name: str, default: int, low: int, high: int) -> int:
     return _number(env, name, default, low, high, int)
 
 
-def _float(env: dict, name: str, default: float, low: float, high: float) -> float:
-    return _number(env, name, default, low, high, float)
-
-
 def _bool(env: dict, name: str, default: bool) -> bool:
     raw = _get(env, name, "true" if default else "false").lower()
     if raw in ("1", "true", "yes", "on"):
@@ -66,8 +62,8 @@ class Settings:
     max_top_k: int = 1000  # largest top_k a client may ask for
     max_generate_tokens: int = 256  # ceiling on max_tokens of one generation (above it: 400, not clamped)
     max_streams: int = 32  # concurrent generations per worker; beyond: 429
+    max_batch_items: int = 256  # items in one POST /predict/batch; beyond: 400
     batch_max_size: int = 64  # rows per onnxruntime call; past ~64 throughput gains are small
-    batch_wait_ms: float = 0.0  # 0: steps that queue while a batch runs form the next one; waiting only added latency (benchmarks/batching.py)
     cas_retries: int = 64  # re-runs of a step whose session changed underneath it, before 409
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty = open service (logged at startup)
     log_level: str = "info"
@@ -109,8 +105,8 @@ class Settings:
             max_top_k=_int(env, "NEXTWORD_MAX_TOP_K", cls.max_top_k, 1, 1_000_000),
             max_generate_tokens=_int(env, "NEXTWORD_MAX_GENERATE_TOKENS", cls.max_generate_tokens, 1, 100_000),
             max_streams=_int(env, "NEXTWORD_MAX_STREAMS", cls.max_streams, 1, 100_000),
+            max_batch_items=_int(env, "NEXTWORD_MAX_BATCH_ITEMS", cls.max_batch_items, 1, 100_000),
             batch_max_size=_int(env, "NEXTWORD_BATCH_MAX_SIZE", cls.batch_max_size, 1, 4096),
-            batch_wait_ms=_float(env, "NEXTWORD_BATCH_WAIT_MS", cls.batch_wait_ms, 0.0, 1000.0),
             cas_retries=_int(env, "NEXTWORD_CAS_RETRIES", cls.cas_retries, 0, 10_000),
             api_keys=tuple(keys),
             log_level=log_level,

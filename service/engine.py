@@ -1,11 +1,12 @@
-"""The engine: words, sessions and sampling on top of the model runtimes and the session store.
+"""The engine: words, sessions and generations on top of the per-model schedulers and the session store.
 Knows nothing of HTTP, Flask or Redis commands.
 
-A session's stored state is one blob (see `SessionState`): the recurrent state after every token
-consumed so far, the state before the last of them, and that last token's id. The second and
-third let a generation without a prompt recompute the next-word distribution with one step instead
-of storing a vocabulary-sized vector. Every write is a compare-and-set on the session's version;
-a step that loses the race is re-run on the fresh state (`cas_retries` times, then 409).
+A session's stored state is one blob (see `SessionState`): the recurrent state after every token consumed so far,
+the state before the last of them, and that last token's id. The second and third let a generation without a
+prompt recompute the next-word distribution with one step instead of storing a vocabulary-sized vector. Every
+write is a compare-and-set on the session's version: a step that loses the race is re-run on the fresh state
+(`cas_retries` times, then 409), unless the caller named the version it expects (If-Match): then nothing is
+re-run and a moved version is 412, so a client retrying after a timeout never applies its words twice.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from service import metrics
-from service.errors import InvalidInput, ModelMismatch, Overloaded, SessionConflict, UnknownModel
-from service.runtime import ModelRuntime
-from service.sampling import SamplingParams, make_rng, sample
+from service.errors import (InvalidInput, ModelMismatch, Overloaded, PreconditionFailed, ServiceError,
+                            SessionConflict, UnknownModel)
+from service.sampling import SamplingParams
+from service.scheduler import Scheduler, Stream
 from service.state import SessionRecord, SessionStore
 from service.tokenizer import detokenize, tokenize
+
+TOKEN_TIMEOUT_S = 30.0  # a stream whose next token takes longer than this has failed (the scheduler is stuck)
 
 
 @dataclass
@@ -39,28 +43,30 @@ class SessionState:
         return 2 * 4 * int(np.prod(shape)) + 8
 
     @classmethod
-    def fresh(cls, runtime: ModelRuntime) -> "SessionState":
-        return cls(runtime.zero_state(), runtime.zero_state(), -1)
+    def fresh(cls, scheduler: Scheduler) -> "SessionState":
+        zero = scheduler.runtime.zero_state()
+        return cls(zero, zero, -1)
 
     @classmethod
-    def decode(cls, blob: bytes, runtime: ModelRuntime) -> "SessionState":
+    def decode(cls, blob: bytes, scheduler: Scheduler) -> "SessionState":
         if not blob:
-            return cls.fresh(runtime)
-        shape = runtime.bundle.state_shape
+            return cls.fresh(scheduler)
+        bundle = scheduler.bundle
+        shape = bundle.state_shape
         if len(blob) != cls.nbytes(shape):
-            raise ModelMismatch(f"session state has {len(blob)} bytes; model {runtime.bundle.name} needs "
+            raise ModelMismatch(f"session state has {len(blob)} bytes; model {bundle.name} needs "
                                 f"{cls.nbytes(shape)}: the session was made with another bundle", field="session_id")
         half = (len(blob) - 8) // 2
-        after = np.frombuffer(blob, dtype="<f4", count=half // 4).reshape(shape).astype(np.float32)
-        before = np.frombuffer(blob, dtype="<f4", count=half // 4, offset=half).reshape(shape).astype(np.float32)
-        last = int(np.frombuffer(blob, dtype="<i8", count=1, offset=2 * half)[0])
-        if not (np.isfinite(after).all() and np.isfinite(before).all()) or not -1 <= last < runtime.bundle.vocab_size:
+        floats = np.frombuffer(blob, dtype="<f4", count=half // 2)  # after, then before: read-only views, no copy
+        after, before = floats[: half // 4].reshape(shape), floats[half // 4:].reshape(shape)
+        last = int.from_bytes(blob[2 * half:], "little", signed=True)
+        if not np.isfinite(floats).all() or not -1 <= last < bundle.vocab_size:
             raise ModelMismatch("session state is corrupt (non-finite values or a bad token id)", field="session_id")
         return cls(after, before, last)
 
     def encode(self) -> bytes:
-        return (self.after.astype("<f4").tobytes() + self.before.astype("<f4").tobytes()
-                + np.array([self.last], dtype="<i8").tobytes())
+        return b"".join((self.after.astype("<f4", copy=False).tobytes(), self.before.astype("<f4", copy=False).tobytes(),
+                         self.last.to_bytes(8, "little", signed=True)))
 
 
 @dataclass
@@ -76,259 +82,438 @@ class Reading:
 class Prediction:
     model: str
     reading: Reading
-    log_probs: np.ndarray  # (vocab,) float32
-    session: dict | None = None
+    log_probs: np.ndarray  # (vocab,) float32: the next word's distribution
+    session: SessionRecord | None = None  # after this request's write
+    scores: np.ndarray | None = None  # (seq,) float64: each token's probability given the ones before it
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One validated item of a batch request."""
+
+    text: str
+    session_id: str | None = None
+    model: str | None = None
+    if_version: int | None = None
+    top_k: int = 10
+
+
+@dataclass(frozen=True)
+class Token:
+    index: int
+    id: int
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: str  # length | eos | stop
+    text: str  # the generated words, detokenized (without a stop word or <eos> that ended it)
+    tokens: int  # tokens generated, the one that ended it included
+    model: str
+    session: SessionRecord  # as committed
+
+
+class _Slot:
+    """A stream permit, released exactly once however many paths try."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore):
+        self._semaphore = semaphore
+        self._lock = threading.Lock()
+        self._held = True
+        metrics.ACTIVE_STREAMS.inc()
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        metrics.ACTIVE_STREAMS.dec()
+        self._semaphore.release()
 
 
 class Engine:
-    def __init__(self, runtimes: dict[str, ModelRuntime], store: SessionStore, default_model: str,
+    def __init__(self, models: dict[str, Scheduler], store: SessionStore, default_model: str,
                  max_text_tokens: int = 512, cas_retries: int = 64, max_streams: int = 32):
-        self.runtimes = runtimes
+        self.models = models
         self.store = store
         self.default_model = default_model
         self.max_text_tokens = max_text_tokens
         self.cas_retries = cas_retries
-        self._streams = threading.BoundedSemaphore(max_streams)
         self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
-    # --- models and text -------------------------------------------------------------------------
+    def close(self) -> None:
+        for scheduler in self.models.values():
+            scheduler.close()
+        self.store.close()
 
-    def runtime(self, name: str | None) -> ModelRuntime:
+    # --- models and text -------------------------------------------------------------------------------------------
+
+    def model(self, name: str | None) -> Scheduler:
         name = name or self.default_model
         try:
-            return self.runtimes[name]
+            return self.models[name]
         except KeyError:
-            raise UnknownModel(f"no model named {name!r}; loaded: {', '.join(sorted(self.runtimes))}",
+            raise UnknownModel(f"no model named {name!r}; loaded: {', '.join(sorted(self.models))}",
                                field="model") from None
 
-    def read(self, runtime: ModelRuntime, text: str, field: str = "text") -> Reading:
-        bundle = runtime.bundle
+    def read(self, scheduler: Scheduler, text: str, field: str = "text") -> Reading:
+        bundle = scheduler.bundle
         tokens = tokenize(text, bundle.convention)
         if not tokens:
             raise InvalidInput(f"`{field}` has no words", field=field)
         if len(tokens) > self.max_text_tokens:
             raise InvalidInput(f"`{field}` has {len(tokens)} tokens; the limit is {self.max_text_tokens}", field=field)
-        ids = np.array([bundle.index.get(t, bundle.unk) for t in tokens], dtype=np.int64)
-        unknown = [t for t, i in zip(tokens, ids) if i == bundle.unk and t != "<unk>"]
+        index, unk = bundle.index, bundle.unk
+        ids = [index.get(t, unk) for t in tokens]
+        unknown = [t for t, i in zip(tokens, ids) if i == unk and t != "<unk>"]
         metrics.TOKENS_READ.labels(model=bundle.name).inc(len(tokens))
-        return Reading(tokens, ids, unknown)
+        return Reading(tokens, np.array(ids, dtype=np.int64), unknown)
 
-    # --- stateless and session steps -------------------------------------------------------------
+    # --- stateless and session steps -------------------------------------------------------------------------------
 
-    def predict(self, text: str, model: str | None = None, session_id: str | None = None,
-                owner: str = "") -> Prediction:
+    def predict(self, text: str, model: str | None = None, session_id: str | None = None, owner: str = "",
+                scores: bool = False, if_version: int | None = None) -> Prediction:
         if session_id is None:
-            runtime = self.runtime(model)
-            reading = self.read(runtime, text)
-            log_probs, _ = runtime.step(reading.ids)
-            return Prediction(runtime.bundle.name, reading, log_probs)
+            scheduler = self.model(model)
+            reading = self.read(scheduler, text)
+            if scores:
+                probs, log_probs, _ = self._score(scheduler, SessionState.fresh(scheduler), reading.ids)
+                return Prediction(scheduler.bundle.name, reading, log_probs, scores=probs)
+            log_probs, _ = scheduler.step(reading.ids)
+            return Prediction(scheduler.bundle.name, reading, log_probs)
         reading: Reading | None = None
 
-        def feed(runtime: ModelRuntime, state: SessionState):
+        def feed(scheduler: Scheduler, state: SessionState):
             nonlocal reading
             if reading is None:  # read once, with the session's model; a re-run reuses it
-                reading = self.read(runtime, text)
-            log_probs, new_state = self._feed(runtime, state, reading.ids)
-            return log_probs, new_state, len(reading.ids)
+                reading = self.read(scheduler, text)
+            if scores:
+                probs, log_probs, new_state = self._score(scheduler, state, reading.ids)
+            else:
+                (log_probs, new_state), probs = self._feed(scheduler, state, reading.ids), None
+            return (log_probs, probs), new_state, len(reading.ids)
 
-        record, runtime, log_probs = self._update(session_id, owner, model, feed)
-        return Prediction(runtime.bundle.name, reading, log_probs, self.session_view(record))
+        record, scheduler, (log_probs, probs) = self._update(session_id, owner, model, feed, if_version)
+        return Prediction(scheduler.bundle.name, reading, log_probs, record, probs)
 
-    def _feed(self, runtime: ModelRuntime, state: SessionState, ids: np.ndarray):
+    @staticmethod
+    def _feed(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
         """Feeds ids after state; returns (log_probs after the last id, new SessionState)."""
         before = state.after
-        if len(ids) > 1:  # keep the state before the last token: prefix first, then the last token alone
-            _, before = runtime.step(ids[:-1], state.after)
-        log_probs, after = runtime.step(ids[-1:], before)
+        if len(ids) > 1:  # keep the state before the last token: prefix first (no softmax), then the last token
+            _, before = scheduler.step(ids[:-1], state.after, with_log_probs=False)
+        log_probs, after = scheduler.step(ids[-1:], before)
         return log_probs, SessionState(after, before, int(ids[-1]))
 
-    def _load(self, session_id: str, owner: str, model: str | None):
-        record = self.store.get(session_id, owner)
+    @staticmethod
+    def _score(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
+        """Feeds ids one at a time after state: (each token's probability given what came before it, log_probs after
+        the last, new SessionState). The first token is scored against the session's own next-word distribution, or,
+        for a session that has read nothing (and without a session), against the start of a line (after <eos>)."""
+        if state.last >= 0:
+            log_probs, _ = scheduler.step(np.array([state.last]), state.before)
+        else:
+            log_probs, _ = scheduler.step(np.array([scheduler.bundle.eos]))
+        probs = np.empty(len(ids))
+        current = before = state.after
+        for i, token in enumerate(ids.tolist()):
+            probs[i] = np.exp(np.float64(log_probs[token]))
+            before = current
+            log_probs, current = scheduler.step(np.array([token]), current)
+        return probs, log_probs, SessionState(current, before, int(ids[-1]))
+
+    def _load(self, session_id: str, owner: str, model: str | None, record: SessionRecord | None = None):
+        record = record or self.store.get(session_id, owner)
         if model is not None and model != record.model:
             raise ModelMismatch(f"session {session_id} belongs to model {record.model!r}, not {model!r}",
                                 field="model")
-        runtime = self.runtime(record.model)
-        if record.digest != runtime.bundle.digest:
+        scheduler = self.model(record.model)
+        if record.digest != scheduler.bundle.digest:
             raise ModelMismatch(f"session {session_id} was made with another version of {record.model!r} "
-                                f"({record.digest[:12]}, serving {runtime.bundle.digest[:12]}); start a new session",
+                                f"({record.digest[:12]}, serving {scheduler.bundle.digest[:12]}); start a new session",
                                 field="session_id")
-        return record, runtime, SessionState.decode(record.state, runtime)
+        return record, scheduler, SessionState.decode(record.state, scheduler)
 
-    def _update(self, session_id: str, owner: str, model: str | None, step):
-        """Load -> step -> compare-and-set; a step that lost a race is re-run on the fresh state.
+    @staticmethod
+    def _precondition(record: SessionRecord, if_version: int | None) -> None:
+        if if_version is not None and record.version != if_version:
+            raise PreconditionFailed(f"session {record.session_id} is at version {record.version}, not {if_version}; "
+                                     "nothing was written", field="session_id")
 
-        `step(runtime, state)` returns (log_probs, new SessionState, tokens consumed).
-        """
+    def _update(self, session_id: str, owner: str, model: str | None, step, if_version: int | None = None):
+        """Load -> step -> compare-and-set; a step that lost a race is re-run on the fresh state (not when the caller
+        named its version: then 412).
+
+        `step(scheduler, state)` returns (result, new SessionState, tokens consumed); returns (record, scheduler,
+        result)."""
         for attempt in range(self.cas_retries + 1):
-            record, runtime, state = self._load(session_id, owner, model)
-            log_probs, new_state, consumed = step(runtime, state)
+            record, scheduler, state = self._load(session_id, owner, model)
+            self._precondition(record, if_version)
+            result, new_state, consumed = step(scheduler, state)
             try:
                 record = self.store.compare_and_set(session_id, record.version, new_state.encode(), consumed)
-                return record, runtime, log_probs
+                return record, scheduler, result
             except SessionConflict:
-                metrics.SESSION_CONFLICTS.labels(model=runtime.bundle.name).inc()
+                metrics.SESSION_CONFLICTS.labels(model=scheduler.bundle.name).inc()
+                if if_version is not None:
+                    raise PreconditionFailed(f"session {session_id} changed while this request ran; nothing was "
+                                             "written", field="session_id") from None
                 time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))  # de-synchronise the racers
         raise SessionConflict(f"session {session_id} changed {self.cas_retries + 1} times while this request ran; "
                               "retry", field="session_id")
 
-    # --- generation ------------------------------------------------------------------------------
+    # --- batches ---------------------------------------------------------------------------------------------------
+
+    def predict_batch(self, items: list["BatchItem | ServiceError"], owner: str) -> list["Prediction | ServiceError"]:
+        """Each item as `predict` would answer it, or the error it failed with (the others still apply).
+
+        Items naming the same session apply in item order, as one compare-and-set whose version grows by the number
+        of items applied; every step of a wave (the n-th item of every session, and every stateless item) goes to
+        the schedulers at once, and Redis is read and written in one pipelined round trip each."""
+        results: list = list(items)
+        chains: dict[str, list[int]] = {}
+        stateless = []  # (result index, scheduler, reading)
+        for i, item in enumerate(items):
+            if isinstance(item, ServiceError):
+                continue
+            if item.session_id is None:
+                try:
+                    scheduler = self.model(item.model)
+                    stateless.append((i, scheduler, self.read(scheduler, item.text)))
+                except ServiceError as e:
+                    results[i] = e
+            else:
+                chains.setdefault(item.session_id, []).append(i)
+        outcomes = self._feed_many([(scheduler, reading.ids, None) for _, scheduler, reading in stateless])
+        for (i, scheduler, reading), outcome in zip(stateless, outcomes):
+            results[i] = outcome if isinstance(outcome, ServiceError) else Prediction(scheduler.bundle.name, reading,
+                                                                                       outcome[0])
+        readings: dict[int, Reading] = {}
+        pending = dict(chains)
+        for attempt in range(self.cas_retries + 1):
+            if not pending:
+                break
+            pending = self._apply_chains(pending, items, results, readings, owner)
+            if pending:
+                time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+        for indices in pending.values():  # still conflicting after every retry
+            for i in indices:
+                results[i] = SessionConflict(f"session {items[i].session_id} kept changing while this batch ran; "
+                                             "retry", field="session_id")
+        return results
+
+    def _feed_many(self, jobs: list[tuple[Scheduler, np.ndarray, "SessionState | None"]]) -> list:
+        """`_feed` for many (scheduler, ids, state or None for a stateless step) at once: (log_probs, SessionState) or
+        the ServiceError of each."""
+        out: list = [None] * len(jobs)
+        prefixes = {}
+        for j, (scheduler, ids, state) in enumerate(jobs):
+            start = state.after if state is not None else None
+            if len(ids) > 1 and state is not None:
+                prefixes[j] = scheduler.submit(ids[:-1], start, with_log_probs=False)
+        befores = {}
+        for j, (scheduler, ids, state) in enumerate(jobs):
+            try:
+                befores[j] = prefixes[j].wait(scheduler.timeout)[1] if j in prefixes else (
+                    state.after if state is not None else None)
+            except ServiceError as e:
+                out[j] = e
+        lasts = {}
+        for j, (scheduler, ids, state) in enumerate(jobs):
+            if out[j] is None:
+                try:
+                    lasts[j] = scheduler.submit(ids if state is None else ids[-1:], befores[j])
+                except ServiceError as e:
+                    out[j] = e
+        for j, step in lasts.items():
+            scheduler, ids, state = jobs[j]
+            try:
+                log_probs, after = step.wait(scheduler.timeout)
+                out[j] = (log_probs, SessionState(after, befores[j] if befores[j] is not None else after, int(ids[-1])))
+            except ServiceError as e:
+                out[j] = e
+        return out
+
+    def _apply_chains(self, chains: dict[str, list[int]], items, results, readings, owner) -> dict[str, list[int]]:
+        """One attempt at every session's chain of items: load all, step wave by wave, compare-and-set all. Returns
+        the chains that lost a race (to re-run)."""
+        sids = list(chains)
+        loaded = dict(zip(sids, self.store.get_many(sids, owner)))
+        states: dict[str, tuple] = {}  # sid -> (record, scheduler, current SessionState, applied [(i, tokens)])
+        for sid in sids:
+            try:
+                if isinstance(loaded[sid], ServiceError):
+                    raise loaded[sid]
+                record, scheduler, state = self._load(sid, owner, None, record=loaded[sid])
+                states[sid] = (record, scheduler, state, [])
+            except ServiceError as e:
+                for i in chains[sid]:
+                    results[i] = e
+        position = {sid: 0 for sid in states}
+        while True:
+            wave = []
+            for sid, (record, scheduler, state, applied) in states.items():
+                while position[sid] < len(chains[sid]):
+                    i = chains[sid][position[sid]]
+                    position[sid] += 1
+                    try:
+                        item = items[i]
+                        if item.model is not None and item.model != record.model:
+                            raise ModelMismatch(f"session {sid} belongs to model {record.model!r}, not "
+                                                f"{item.model!r}", field="model")
+                        self._precondition(replace(record, version=record.version + len(applied)), item.if_version)
+                        readings[i] = self.read(scheduler, item.text)
+                        wave.append((sid, i, scheduler, readings[i].ids, state))
+                        break
+                    except ServiceError as e:
+                        results[i] = e
+            if not wave:
+                break
+            outcomes = self._feed_many([(scheduler, ids, state) for _, _, scheduler, ids, state in wave])
+            for (sid, i, scheduler, ids, _), outcome in zip(wave, outcomes):
+                record, _, state, applied = states[sid]
+                if isinstance(outcome, ServiceError):
+                    results[i] = outcome
+                    continue
+                results[i] = outcome[0]  # log_probs for now; a Prediction once committed
+                states[sid] = (record, scheduler, outcome[1], applied + [(i, len(ids))])
+        writes = [(sid, record.version, state.encode(), sum(n for _, n in applied), len(applied))
+                  for sid, (record, _, state, applied) in states.items() if applied]
+        conflicts: dict[str, list[int]] = {}
+        now = time.time()
+        for (sid, *_), outcome in zip(writes, self.store.compare_and_set_many(writes)):
+            record, scheduler, _, applied = states[sid]
+            if isinstance(outcome, SessionConflict):
+                metrics.SESSION_CONFLICTS.labels(model=scheduler.bundle.name).inc()
+                if any(items[i].if_version is not None for i, _ in applied):
+                    for i, _ in applied:
+                        results[i] = (PreconditionFailed(f"session {sid} changed while this batch ran; nothing "
+                                                         "was written", field="session_id")
+                                      if items[i].if_version is not None else
+                                      SessionConflict(f"session {sid} changed while this batch ran and an item of "
+                                                      "it named its version; nothing was written",
+                                                      field="session_id"))
+                    continue
+                conflicts[sid] = [i for i in chains[sid] if i in dict(applied)]
+                continue
+            if isinstance(outcome, ServiceError):
+                for i, _ in applied:
+                    results[i] = outcome
+                continue
+            tokens = record.tokens
+            for n, (i, count) in enumerate(applied, start=1):
+                tokens += count
+                view = replace(outcome, version=record.version + n, tokens=tokens, updated=now, state=b"")
+                results[i] = Prediction(record.model, readings[i], results[i], view)
+        return conflicts
+
+    # --- generation ------------------------------------------------------------------------------------------------
 
     def start_generation(self, session_id: str, owner: str, prompt: str | None, params: SamplingParams,
-                         max_tokens: int, stop: list[str], started: float | None = None) -> "Generation":
-        """Checks and loads everything a generation needs, raising before any event is sent."""
+                         max_tokens: int, stop: list[str], if_version: int | None = None) -> "Generation":
+        """Checks and loads everything a generation needs and starts its stream, raising before any event exists."""
         if not self._streams.acquire(blocking=False):
             raise Overloaded(f"this worker already runs {self.max_streams} generations; retry shortly",
-                             headers={"Retry-After": "1"})
+                             retry_after=1)
+        slot = _Slot(self._streams)
         try:
-            record, runtime, state = self._load(session_id, owner, None)
+            record, scheduler, state = self._load(session_id, owner, None)
+            self._precondition(record, if_version)
+            bundle = scheduler.bundle
             reading = None
             if prompt:
-                reading = self.read(runtime, prompt)
-                log_probs, state = self._feed(runtime, state, reading.ids)
+                reading = self.read(scheduler, prompt)
+                log_probs, state = self._feed(scheduler, state, reading.ids)
                 fed = len(reading.ids)
             elif state.last < 0:  # nothing read yet: start as at the beginning of a line
-                log_probs, state = self._feed(runtime, state, np.array([runtime.bundle.eos]))
+                log_probs, state = self._feed(scheduler, state, np.array([bundle.eos]))
                 fed = 1
             else:  # the distribution after the last consumed token, recomputed from the state before it
-                log_probs, _ = runtime.step(np.array([state.last]), state.before)
+                log_probs, _ = scheduler.step(np.array([state.last]), state.before)
                 fed = 0
+            stop_ids = frozenset(bundle.index[w] for w in stop if w in bundle.index)
+            stream = Stream(state.after, log_probs, params, max_tokens, stop_ids, bundle.eos)
+            scheduler.start(stream)
         except BaseException:
-            self._streams.release()
+            slot.release()
             raise
-        return Generation(self, record, runtime, state, log_probs, fed, reading, params, max_tokens, set(stop),
-                          started or time.perf_counter())
+        return Generation(self.store, record, scheduler, stream, fed, reading, slot)
 
-    # --- session lifecycle -----------------------------------------------------------------------
+    # --- session lifecycle -----------------------------------------------------------------------------------------
 
-    def create_session(self, model: str | None, owner: str) -> dict:
-        runtime = self.runtime(model)
-        record = self.store.create(runtime.bundle.name, runtime.bundle.digest, owner)
-        metrics.SESSIONS_CREATED.labels(model=runtime.bundle.name).inc()
-        return self.session_view(record)
+    def create_session(self, model: str | None, owner: str) -> SessionRecord:
+        scheduler = self.model(model)
+        record = self.store.create(scheduler.bundle.name, scheduler.bundle.digest, owner)
+        metrics.SESSIONS_CREATED.labels(model=scheduler.bundle.name).inc()
+        return record
 
-    def session_info(self, session_id: str, owner: str) -> dict:
-        return self.session_view(self.store.get(session_id, owner))
+    def session_info(self, session_id: str, owner: str) -> SessionRecord:
+        return self.store.get(session_id, owner)
 
     def delete_session(self, session_id: str, owner: str) -> None:
         record = self.store.delete(session_id, owner)
         metrics.SESSIONS_DELETED.labels(model=record.model).inc()
 
-    @staticmethod
-    def session_view(record: SessionRecord) -> dict:
-        now = time.time()
-        return {"session_id": record.session_id, "model": record.model, "model_version": record.digest[:12],
-                "tokens": record.tokens, "version": record.version, "created": record.created,
-                "updated": record.updated, "expires_in": record.expires_in, "expires_at": now + record.expires_in}
-
 
 class Generation:
-    """One generation as an iterator of events: `token` per sampled word, then `done`.
+    """One generation: its stream in the scheduler, the session it commits to, and its stream slot.
 
-    Commit rule: a generation writes the session at most once, as a compare-and-set against the
-    version it started from; nothing is written while it runs. Each token is fed to the state as
-    it is sampled, before its event is yielded.
-    - Finished (`done`): the session holds the prompt plus every generated token, a stop word or
-      `<eos>` that ended it included; written before the `done` event, which shows the session.
-    - Client disconnect: the WSGI server notices when writing an event fails and closes the
-      iterator at that event's yield. The session then holds the prompt plus every token whose
-      event was yielded, the one whose write failed included: at least every token the client
-      received, plus any in flight. `GET /sessions/<id>` counts them; the same seed from the same
-      state replays them. A stream closed before its first event commits the prompt alone (for a
-      session that had read nothing and got no prompt, the `<eos>` a generation starts from).
-    - Error (`event: error`, or the error response when drained): nothing of the generation is
-      written, not even its prompt, and nothing is retried later. This covers a failed model step,
-      Redis failing at the commit, and another request changing the session meanwhile
-      (`session_conflict`): the session is as it was, or as that other request left it.
-    A commit that fails after a disconnect leaves the session as it was, too.
+    Iterating gives a `Token` per sampled word as the scheduler draws it, then one `Done`.
+    Commit rule (atomic): the session is written once, after the stream has ended by itself (its limit, `<eos>` or a
+    stop word) and its reader has taken every token: a compare-and-set against the version the generation started
+    from, holding the prompt and every generated token (the one that ended it included); `Done` shows the session
+    as written. A generation that fails, or that is closed before that (the client went away), writes nothing, not
+    even its prompt: the session stays as it was, and the same request can be sent again. Another request changing
+    the session meanwhile makes the commit fail (`session_conflict`) and nothing is written either.
     """
 
-    def __init__(self, engine: Engine, record: SessionRecord, runtime: ModelRuntime, state: SessionState,
-                 log_probs: np.ndarray, fed: int, reading: "Reading | None", params: SamplingParams,
-                 max_tokens: int, stop: set[str], started: float):
-        self.engine, self.record, self.runtime = engine, record, runtime
-        self.state, self.log_probs, self.fed = state, log_probs, fed
-        self.reading, self.params, self.max_tokens, self.stop = reading, params, max_tokens, stop
-        self.started = started
+    def __init__(self, store: SessionStore, record: SessionRecord, scheduler: Scheduler, stream: Stream, fed: int,
+                 reading: Reading | None, slot: _Slot):
+        self.store, self.record, self.scheduler, self.stream = store, record, scheduler, stream
+        self.fed, self.reading, self._slot = fed, reading, slot
+        self.model = scheduler.bundle.name
+        self.generated = 0
         self.committed: SessionRecord | None = None
-        self.failed = False  # ended with an error (commit included): nothing of it may be written later
-        self._closed = False
 
-    def _commit(self) -> SessionRecord:
+    def __iter__(self) -> Iterator["Token | Done"]:
+        bundle = self.scheduler.bundle
+        words: list[str] = []
+        while True:
+            kind, *rest = self.stream.next_event(TOKEN_TIMEOUT_S)
+            if kind == "token":
+                token, probability = rest
+                word = bundle.words[token]
+                if token != bundle.eos and token not in self.stream.stop_ids:
+                    words.append(word)
+                self.generated += 1
+                yield Token(self.generated - 1, token, word, round(probability, 6))
+            elif kind == "end":
+                finish, before, after, last = rest
+                self.committed = self._commit(SessionState(after, before, last))
+                yield Done(finish, detokenize(words, bundle.convention), self.generated, self.model, self.committed)
+                return
+            else:
+                raise rest[0]
+
+    def _commit(self, state: SessionState) -> SessionRecord:
         try:
-            self.committed = self.engine.store.compare_and_set(self.record.session_id, self.record.version,
-                                                               self.state.encode(), self.fed)
+            return self.store.compare_and_set(self.record.session_id, self.record.version, state.encode(),
+                                              self.fed + self.generated)
         except SessionConflict:  # not re-run: its tokens were already sent
             raise SessionConflict(f"session {self.record.session_id} changed while this generation ran; nothing "
                                   "of it was kept", field="session_id") from None
-        return self.committed
-
-    def __iter__(self) -> Iterator[dict]:
-        bundle = self.runtime.bundle
-        model = bundle.name
-        rng = make_rng(self.params.seed)
-        banned = frozenset({bundle.unk})
-        words: list[str] = []
-        finish = "length"
-        last_emit = None
-        metrics.ACTIVE_STREAMS.inc()
-        try:
-            for index in range(self.max_tokens):
-                token, probability = sample(self.log_probs, self.params, rng, banned)
-                self.log_probs, self.state = self.engine._feed(self.runtime, self.state, np.array([token]))
-                self.fed += 1
-                metrics.TOKENS_GENERATED.labels(model=model).inc()
-                now = time.perf_counter()
-                if last_emit is None:
-                    metrics.STREAM_FIRST_TOKEN.labels(model=model).observe(now - self.started)
-                else:
-                    metrics.STREAM_INTER_TOKEN.labels(model=model).observe(now - last_emit)
-                last_emit = now
-                word = bundle.words[token]
-                if token == bundle.eos:
-                    finish = "eos"
-                elif word in self.stop:
-                    finish = "stop"
-                else:
-                    words.append(word)
-                yield {"event": "token", "data": {"index": index, "id": token, "word": word,
-                                                  "probability": round(float(probability), 6)}}
-                if finish != "length":
-                    break
-            record = self._commit()
-            yield {"event": "done", "data": {
-                "finish_reason": finish, "text": detokenize(words, bundle.convention), "tokens": index + 1,
-                "model": model, "session": self.engine.session_view(record)}}
-        except GeneratorExit:  # the client went away: close() below commits what was emitted
-            raise
-        except BaseException:  # the caller reports this error; a later write would contradict it
-            self.failed = True
-            raise
-        finally:
-            metrics.ACTIVE_STREAMS.dec()
-            self.close()
 
     def close(self) -> None:
-        """Idempotent: commits what was emitted (if not yet written) and frees the stream slot.
+        """Idempotent: a stream still running is cancelled (nothing is committed) and the slot is freed."""
+        if self.committed is None:
+            self.stream.cancel()
+        self._slot.release()
 
-        Also registered as the HTTP response's close callback, so a stream that never started
-        (client gone before the first event) still frees its slot.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self.engine._streams.release()
-        if self.committed is None and self.fed and not self.failed:
-            try:  # disconnect mid-stream: keep what was emitted, if the session allows
-                self._commit()
-            except Exception:  # noqa: BLE001 - the session stays as it was; the caller sees the first error
-                pass
+    def __enter__(self) -> "Generation":
+        return self
 
-    def drain(self) -> dict:
-        """The non-streaming response: every token event, then the done event's fields."""
-        tokens = []
-        for event in self:
-            if event["event"] == "token":
-                tokens.append(event["data"])
-            else:
-                return {**event["data"], "token_details": tokens}
-        raise AssertionError("generation ended without a done event")
+    def __exit__(self, *exc) -> None:
+        self.close()

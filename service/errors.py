@@ -1,48 +1,118 @@
-"""Domain errors raised deep in the service, and the one table that maps them to HTTP.
+"""Domain errors raised deep in the service, each with its HTTP status and stable code. Knows nothing of Flask.
 
-The HTTP layer turns any `ServiceError` into `{"error": {"code", "message", "field"}}` with
-`status`; a stream turns it into an `event: error` with the same JSON. Knows nothing of Flask.
+Every `ServiceError` carries what the edge needs: `status`, `code`, a message that names the field, the field,
+and an optional retry hint in seconds. Only `service/http` turns them into responses (the JSON body
+`{"error": {"code", "message", "field"}}`, a `Retry-After` header from `retry_after`) and into SSE error events.
 """
 
 from __future__ import annotations
 
 
 class ServiceError(Exception):
+    """A bug; logged with the request id, never shown."""
+
     status = 500
     code = "internal"
 
-    def __init__(self, message: str, field: str | None = None, headers: dict | None = None):
+    def __init__(self, message: str, field: str | None = None, retry_after: int | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
-        self.headers = headers or {}
+        self.retry_after = retry_after  # seconds a client should wait before retrying; None: no hint
+        self.headers = headers or {}  # extra HTTP headers, set only by the HTTP layer (WWW-Authenticate)
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
 
 
-def _error(name: str, status: int, code: str, doc: str) -> type[ServiceError]:
-    return type(name, (ServiceError,), {"status": status, "code": code, "__doc__": doc})
-
-
 # The table: domain error -> (HTTP status, stable error code).
-InvalidInput = _error("InvalidInput", 400, "invalid_input", "A request field is missing, mistyped or out of range.")
-InvalidJSON = _error("InvalidJSON", 400, "invalid_json", "The body is not valid UTF-8 JSON.")
-Unauthorized = _error("Unauthorized", 401, "unauthorized", "Missing or unknown API key.")
-NotFound = _error("NotFound", 404, "not_found", "No such endpoint.")
-UnknownModel = _error("UnknownModel", 404, "unknown_model", "No bundle of that name is loaded.")
-SessionNotFound = _error("SessionNotFound", 404, "session_not_found", "Unknown, expired or foreign session.")
-MethodNotAllowed = _error("MethodNotAllowed", 405, "method_not_allowed", "The endpoint exists, not with that method.")
-NotAcceptable = _error("NotAcceptable", 406, "not_acceptable", "No representation matches the Accept header.")
-SessionConflict = _error("SessionConflict", 409, "session_conflict", "The session kept changing under this request.")
-ModelMismatch = _error("ModelMismatch", 409, "model_mismatch", "The session was made with another model or bundle.")
-PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "The request body exceeds the size limit.")
-UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type", "The body must be JSON.")
-Overloaded = _error("Overloaded", 429, "overloaded", "Too many concurrent streams or queued steps.")
-InternalError = _error("InternalError", 500, "internal", "A bug; logged with the request id, never shown.")
-StateStoreUnavailable = _error("StateStoreUnavailable", 503, "state_store_unavailable", "Redis cannot be reached.")
-ModelUnavailable = _error("ModelUnavailable", 503, "model_unavailable", "The model runtime failed.")
+
+class InvalidInput(ServiceError):
+    """A request field is missing, mistyped or out of range."""
+    status, code = 400, "invalid_input"
+
+
+class InvalidJSON(ServiceError):
+    """The body is not valid UTF-8 JSON."""
+    status, code = 400, "invalid_json"
+
+
+class Unauthorized(ServiceError):
+    """Missing or unknown API key."""
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ServiceError):
+    """No such endpoint."""
+    status, code = 404, "not_found"
+
+
+class UnknownModel(ServiceError):
+    """No bundle of that name is loaded."""
+    status, code = 404, "unknown_model"
+
+
+class SessionNotFound(ServiceError):
+    """Unknown, expired or foreign session."""
+    status, code = 404, "session_not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    """The endpoint exists, not with that method."""
+    status, code = 405, "method_not_allowed"
+
+
+class NotAcceptable(ServiceError):
+    """No representation matches the Accept header."""
+    status, code = 406, "not_acceptable"
+
+
+class SessionConflict(ServiceError):
+    """The session kept changing under this request."""
+    status, code = 409, "session_conflict"
+
+
+class ModelMismatch(ServiceError):
+    """The session was made with another model or bundle."""
+    status, code = 409, "model_mismatch"
+
+
+class PreconditionFailed(ServiceError):
+    """If-Match (or an item's if_version) names a version the session no longer has: nothing was written."""
+    status, code = 412, "precondition_failed"
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body exceeds the size limit."""
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The body must be JSON."""
+    status, code = 415, "unsupported_media_type"
+
+
+class Overloaded(ServiceError):
+    """Too many concurrent streams or queued steps."""
+    status, code = 429, "overloaded"
+
+
+class InternalError(ServiceError):
+    """A bug; logged with the request id, never shown."""
+    status, code = 500, "internal"
+
+
+class StateStoreUnavailable(ServiceError):
+    """Redis cannot be reached."""
+    status, code = 503, "state_store_unavailable"
+
+
+class ModelUnavailable(ServiceError):
+    """The model runtime failed or is shutting down."""
+    status, code = 503, "model_unavailable"
+
 
 ERROR_TYPES = [InvalidInput, InvalidJSON, Unauthorized, NotFound, UnknownModel, SessionNotFound, MethodNotAllowed,
-               NotAcceptable, SessionConflict, ModelMismatch, PayloadTooLarge, UnsupportedMediaType, Overloaded,
-               InternalError, StateStoreUnavailable, ModelUnavailable]
+               NotAcceptable, SessionConflict, ModelMismatch, PreconditionFailed, PayloadTooLarge,
+               UnsupportedMediaType, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable]

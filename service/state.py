@@ -11,8 +11,8 @@ Hash fields (numbers as decimal strings):
     created, updated       unix seconds
     state                  raw bytes ("" = zero state)
 
-Failures of Redis itself (down, timing out, loading, read-only, ...) become `StateStoreUnavailable` (503 with
-Retry-After: 1); nothing is retried silently, since a retried write could be applied twice. The connection pool
+Failures of Redis itself (down, timing out, loading, read-only, ...) become `StateStoreUnavailable` (a retry hint
+of 1 s); nothing is retried silently, since a retried write could be applied twice. The connection pool
 reconnects by itself once Redis is back.
 """
 
@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.errors import InternalError, SessionConflict, SessionNotFound, StateStoreUnavailable
+from service.errors import InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreUnavailable
 from service.metrics import EXPIRY_WATCHER, REDIS_ERRORS, REDIS_LATENCY, SESSIONS_EXPIRED
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "nextword:session:"
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")  # token_urlsafe alphabet; 22 chars = 132 bits, the least we accept
 
-# The fields every script returns, in this order (HMGET), and `_record` decodes.
+# The one list of a session's hash fields: scripts read them in this order (passed in ARGV, rq-style) and
+# `_record` decodes them in this order.
 FIELDS = ("model", "digest", "version", "tokens", "state", "created", "updated", "owner")
 
 SOCKET_TIMEOUT_S = 2.0  # a healthy Redis answers in well under a millisecond; 2 s means it is not healthy
@@ -63,23 +64,24 @@ return 1
 
 GET_SCRIPT = """
 -- KEYS[1] = session key
--- ARGV[1] = owner, ARGV[2] = ttl seconds
--- Returns the fields (model, digest, version, tokens, state, created, updated, owner) and slides the TTL,
--- or false when the key is missing or belongs to another owner (a foreign read does not slide the TTL).
+-- ARGV[1] = owner, ARGV[2] = ttl seconds, ARGV[3..] = the fields to return (FIELDS)
+-- Returns those fields and slides the TTL, or false when the key is missing or belongs to another owner (a
+-- foreign read does not slide the TTL).
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner == false or owner ~= ARGV[1] then
   return false
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HMGET', KEYS[1], 'model', 'digest', 'version', 'tokens', 'state', 'created', 'updated', 'owner')
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
 """
 
 CAS_SCRIPT = """
 -- KEYS[1] = session key
 -- ARGV[1] = expected version, ARGV[2] = new state bytes, ARGV[3] = tokens added, ARGV[4] = now (unix s),
--- ARGV[5] = ttl seconds
+-- ARGV[5] = ttl seconds, ARGV[6] = writes this counts as (the version grows by it), ARGV[7..] = fields to return
 -- Returns {0} when the key is missing (nothing is created), {-1, current version} when the version differs
--- (nothing is written), else {1, model, digest, version, tokens, created, updated, owner} after the write.
+-- (nothing is written), else {1, the fields...} after the write (the state field comes back empty: the caller
+-- has it).
 local version = redis.call('HGET', KEYS[1], 'version')
 if version == false then
   return {0}
@@ -88,23 +90,30 @@ if version ~= ARGV[1] then
   return {-1, version}
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HINCRBY', KEYS[1], 'version', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-local f = redis.call('HMGET', KEYS[1], 'model', 'digest', 'version', 'tokens', 'created', 'updated', 'owner')
-return {1, f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+local out = {1}
+for i = 7, #ARGV do
+  if ARGV[i] == 'state' then
+    out[#out + 1] = ''
+  else
+    out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i])
+  end
+end
+return out
 """
 
 DELETE_SCRIPT = """
 -- KEYS[1] = session key
--- ARGV[1] = owner
--- Returns the deleted fields (model, digest, version, tokens, state, created, updated, owner), or false when
--- the key is missing or belongs to another owner (then nothing is deleted).
+-- ARGV[1] = owner, ARGV[2..] = the fields to return (FIELDS)
+-- Returns the deleted fields, or false when the key is missing or belongs to another owner (then nothing is
+-- deleted).
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner == false or owner ~= ARGV[1] then
   return false
 end
-local f = redis.call('HMGET', KEYS[1], 'model', 'digest', 'version', 'tokens', 'state', 'created', 'updated', 'owner')
+local f = redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
 redis.call('DEL', KEYS[1])
 return f
 """
@@ -131,13 +140,14 @@ class SessionRecord:
     expires_in: int  # TTL seconds remaining after this access
 
 
-def _record(session_id: str, values: list, expires_in: int) -> SessionRecord:
-    """Decode HMGET values in FIELDS order."""
+def _record(session_id: str, values: list, expires_in: int, state: bytes | None = None) -> SessionRecord:
+    """Decode field values in FIELDS order (`state` given: use it instead of the state field's value)."""
     try:
-        model, digest, version, tokens, state, created, updated, owner = values
+        model, digest, version, tokens, stored, created, updated, owner = values
         return SessionRecord(session_id=session_id, model=model.decode(), digest=digest.decode(),
-                             version=int(version), tokens=int(tokens), state=bytes(state), created=float(created),
-                             updated=float(updated), owner=owner.decode(), expires_in=expires_in)
+                             version=int(version), tokens=int(tokens), state=bytes(stored) if state is None else state,
+                             created=float(created), updated=float(updated), owner=owner.decode(),
+                             expires_in=expires_in)
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:  # a hash someone else wrote to
         log.error("session %s: corrupt record in Redis (%s)", session_id[:8], e)
         raise InternalError("corrupt session record") from None
@@ -199,40 +209,98 @@ class SessionStore:
         """The session, sliding its TTL. SessionNotFound when missing, expired or owned by someone else."""
         self._check_id(session_id)
         with self._call("get"):
-            values = self._get(keys=[session_key(session_id)], args=[owner, self.ttl])
+            values = self._get(keys=[session_key(session_id)], args=[owner, self.ttl, *FIELDS])
         if values is None:
             raise _not_found()
         return _record(session_id, values, self.ttl)
 
-    def compare_and_set(self, session_id: str, expected_version: int, state: bytes,
-                        tokens_added: int) -> SessionRecord:
-        """Write `state` if the version is still `expected_version`: version+1, tokens+=tokens_added, slide TTL.
+    def compare_and_set(self, session_id: str, expected_version: int, state: bytes, tokens_added: int,
+                        writes: int = 1) -> SessionRecord:
+        """Write `state` if the version is still `expected_version`: version + writes, tokens += tokens_added, slide
+        the TTL. (`writes` > 1: one write standing for several steps applied in order, as a batch does.)
 
         SessionNotFound when the session is gone (it is not recreated); SessionConflict when another write won.
         """
         self._check_id(session_id)
-        if isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0:
-            raise ValueError(f"expected_version must be an int >= 0, got {expected_version!r}")
-        if isinstance(tokens_added, bool) or not isinstance(tokens_added, int) or tokens_added < 0:
-            raise ValueError(f"tokens_added must be an int >= 0, got {tokens_added!r}")
-        state = bytes(state)
+        args = self._cas_args(expected_version, state, tokens_added, writes)
         with self._call("cas"):
-            reply = self._cas(keys=[session_key(session_id)],
-                              args=[expected_version, state, tokens_added, _num(time.time()), self.ttl])
+            reply = self._cas(keys=[session_key(session_id)], args=args)
+        return self._cas_result(session_id, expected_version, bytes(state), reply)
+
+    def get_many(self, session_ids: list[str], owner: str) -> list["SessionRecord | ServiceError"]:
+        """Several sessions in one pipelined round trip; each a record, or SessionNotFound for that id."""
+        valid = [i for i, sid in enumerate(session_ids) if self.valid_id(sid)]
+        out: list = [_not_found()] * len(session_ids)
+        if not valid:
+            return out
+        with self._call("get"):
+            replies = self._pipelined(self._get, [([session_key(session_ids[i])], [owner, self.ttl, *FIELDS])
+                                                  for i in valid])
+            for reply in replies:
+                if isinstance(reply, redis.RedisError):
+                    raise reply
+        for i, values in zip(valid, replies):
+            out[i] = _not_found() if values is None else _record(session_ids[i], values, self.ttl)
+        return out
+
+    def compare_and_set_many(self, writes: list[tuple[str, int, bytes, int, int]]) -> list["SessionRecord | ServiceError"]:
+        """Several compare-and-sets (session_id, expected_version, state, tokens_added, writes) in one pipelined
+        round trip. Each is its own atomic script: one may fail (SessionConflict, SessionNotFound) while the
+        others apply."""
+        if not writes:
+            return []
+        for session_id, *_ in writes:
+            self._check_id(session_id)
+        calls = [([session_key(sid)], self._cas_args(version, state, added, count))
+                 for sid, version, state, added, count in writes]
+        with self._call("cas"):
+            replies = self._pipelined(self._cas, calls)
+        out = []
+        for (session_id, version, state, _, _), reply in zip(writes, replies):
+            if isinstance(reply, redis.RedisError):
+                out.append(_store_error("cas", reply))
+                continue
+            try:
+                out.append(self._cas_result(session_id, version, bytes(state), reply))
+            except (SessionConflict, SessionNotFound) as e:
+                out.append(e)
+        return out
+
+    def _pipelined(self, script, calls: list[tuple[list, list]]) -> list:
+        """Runs script once per (keys, args) in one round trip; a reply is a value or the RedisError it raised.
+        A Redis that lost its scripts (NOSCRIPT: nothing ran) gets them loaded and the calls sent once more."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self.client.script_load(script.script)
+                continue
+            return replies
+        return replies
+
+    def _cas_args(self, expected_version: int, state: bytes, tokens_added: int, writes: int) -> list:
+        for name, value, low in (("expected_version", expected_version, 0), ("tokens_added", tokens_added, 0),
+                                 ("writes", writes, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        return [expected_version, bytes(state), tokens_added, _num(time.time()), self.ttl, writes, *FIELDS]
+
+    def _cas_result(self, session_id: str, expected_version: int, state: bytes, reply) -> SessionRecord:
         code = int(reply[0])
         if code == 0:
             raise _not_found()
         if code == -1:
             raise SessionConflict(f"session changed underneath this write (expected version {expected_version}, "
-                                  f"found {int(reply[1])})")
-        model, digest, version, tokens, created, updated, owner = reply[1:]
-        return _record(session_id, [model, digest, version, tokens, state, created, updated, owner], self.ttl)
+                                  f"found {int(reply[1])})", field="session_id")
+        return _record(session_id, reply[1:], self.ttl, state=state)
 
     def delete(self, session_id: str, owner: str) -> SessionRecord:
         """Delete and return the session; SessionNotFound when missing or foreign (then nothing is deleted)."""
         self._check_id(session_id)
         with self._call("delete"):
-            values = self._delete(keys=[session_key(session_id)], args=[owner])
+            values = self._delete(keys=[session_key(session_id)], args=[owner, *FIELDS])
         if values is None:
             raise _not_found()
         return _record(session_id, values, 0)
@@ -254,20 +322,24 @@ class SessionStore:
 
     @contextmanager
     def _call(self, operation: str) -> Iterator[None]:
-        """Time one Redis round trip; turn any redis-py failure into StateStoreUnavailable."""
+        """Time one Redis round trip; turn any redis-py failure into a ServiceError."""
         start = time.perf_counter()
         try:
             yield
         except redis.RedisError as e:
-            REDIS_ERRORS.labels(operation=operation).inc()
-            if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)):
-                log.warning("redis %s failed: %s: %s", operation, type(e).__name__, e)
-            else:  # OOM, MISCONF, WRONGTYPE, a script error...: still the store's fault, but worth a trace
-                log.error("redis %s failed: %s: %s", operation, type(e).__name__, e, exc_info=True)
-            raise StateStoreUnavailable("the session store is unavailable; retry shortly",
-                                        headers={"Retry-After": "1"}) from None
+            raise _store_error(operation, e) from None
         finally:
             REDIS_LATENCY.labels(operation=operation).observe(time.perf_counter() - start)
+
+
+def _store_error(operation: str, e: redis.RedisError) -> ServiceError:
+    """The one mapping from a redis-py failure to a domain error (counted and logged here)."""
+    REDIS_ERRORS.labels(operation=operation).inc()
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)):
+        log.warning("redis %s failed: %s: %s", operation, type(e).__name__, e)
+    else:  # OOM, MISCONF, WRONGTYPE, a script error...: still the store's fault, but worth a trace
+        log.error("redis %s failed: %s: %s", operation, type(e).__name__, e, exc_info=True)
+    return StateStoreUnavailable("the session store is unavailable; retry shortly", retry_after=1)
 
 
 def _num(value: float) -> str:

@@ -204,7 +204,8 @@ def restartable_redis(tmp_path):
 # Flask app built by create_app on the real Redis above.
 #   models_dir        session-scoped folder of bundles (read-only)
 #   make_settings     make_settings(**overrides) -> Settings for models_dir + redis_url
-#   app / client      a fresh app per test (its runtimes closed afterwards) and its test client
+#   make_app          make_app(**setting overrides) or make_app(settings) -> an app, closed after the test
+#   app / client      a fresh app per test and its test client
 # ======================================================================================
 
 
@@ -229,13 +230,24 @@ def make_settings(models_dir, redis_url):
 
 
 @pytest.fixture
-def app(make_settings):
+def make_app(make_settings):
+    from service.config import Settings
     from service.http.app import create_app
 
-    application = create_app(make_settings())
-    yield application
-    for runtime in application.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+    apps = []
+
+    def make(settings: Settings | None = None, **overrides):
+        apps.append(create_app(settings if settings is not None else make_settings(**overrides)))
+        return apps[-1]
+
+    yield make
+    for application in apps:
+        application.extensions["nextword"].engine.close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

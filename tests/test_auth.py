@@ -33,8 +33,7 @@ def keyed(make_settings):
 
     application = create_app(make_settings(api_keys=(K1, K2)))
     yield application.test_client()
-    for runtime in application.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+    application.extensions["nextword"].engine.close()
 
 
 def _api_calls(sid: str) -> list[tuple[str, str, dict | None]]:

@@ -220,8 +220,7 @@ def limited_client(make_settings):
 
     application = create_app(make_settings(max_generate_tokens=20))
     yield application.test_client()
-    for runtime in application.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+    application.extensions["nextword"].engine.close()
 
 
 @pytest.mark.parametrize("body, field", [
@@ -317,7 +316,7 @@ def test_a_model_failure_mid_stream_is_an_error_event_and_commits_nothing(app, c
 
     seed, _ = long_seed(client, 8)
     sid = new_session(client)
-    runtime = app.extensions["nextword"].engine.runtime(None)
+    runtime = app.extensions["nextword"].engine.model(None)
     real, calls = runtime.step, []
 
     def failing(*args, **kwargs):

@@ -132,8 +132,7 @@ def error_client(models_dir, redis_server):
     app = create_app(Settings(models_dir=models_dir, redis_url=redis_server.url, default_model="tiny-lstm",
                               device="cpu", session_ttl_seconds=60, log_level="error"))
     yield app.test_client()
-    for runtime in app.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+    app.extensions["nextword"].engine.close()
 
 
 @pytest.mark.parametrize("method, path, kwargs, status, code, field", [c[1:] for c in CASES],
@@ -163,8 +162,7 @@ def test_limits_follow_the_settings(make_settings):
         assert_error(client.post("/predict", json={"text": "a", "top_k": 6}), 400, "invalid_input", "top_k")
         assert_error(client.post("/predict", json={"text": "a " * 600}), 413, "payload_too_large", None)
     finally:
-        for runtime in app.extensions["nextword"].engine.runtimes.values():
-            runtime.close()
+        app.extensions["nextword"].engine.close()
 
 
 # -- auth ------------------------------------------------------------------------------------------------------------
@@ -175,8 +173,7 @@ def keyed_client(make_settings):
 
     app = create_app(make_settings(api_keys=("key-one", "key-two")))
     yield app.test_client()
-    for runtime in app.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+    app.extensions["nextword"].engine.close()
 
 
 @pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer wrong", "Basic a2V5LW9uZQ==", "key-one"])
@@ -222,8 +219,7 @@ def test_too_many_streams_is_429(make_settings):
         held.close()
         assert client.post(f"/sessions/{sid}/generate", json={"max_tokens": 3}).status_code == 200
     finally:
-        for runtime in app.extensions["nextword"].engine.runtimes.values():
-            runtime.close()
+        app.extensions["nextword"].engine.close()
 
 
 def test_lost_races_without_retries_are_409_and_never_lost_writes(make_settings):
@@ -250,8 +246,7 @@ def test_lost_races_without_retries_are_409_and_never_lost_writes(make_settings)
         assert won
         assert app.test_client().get(f"/sessions/{sid}").json["tokens"] == len(won)
     finally:
-        for runtime in app.extensions["nextword"].engine.runtimes.values():
-            runtime.close()
+        app.extensions["nextword"].engine.close()
 
 
 def test_unexpected_errors_are_json_500_without_a_traceback(app):

@@ -112,8 +112,7 @@ def test_default_model_is_configurable(make_settings):
         assert app.test_client().post("/predict", json={"text": "the cat"}).json["model"] == "tiny-rnn"
         assert app.test_client().get("/models").json["default"] == "tiny-rnn"
     finally:
-        for runtime in app.extensions["nextword"].engine.runtimes.values():
-            runtime.close()
+        app.extensions["nextword"].engine.close()
 
 
 def test_text_is_split_like_the_corpus(client, models_dir):

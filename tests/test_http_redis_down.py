@@ -38,8 +38,7 @@ def down_app(make_settings, restartable_redis):
 
     app = create_app(make_settings(redis_url=restartable_redis.url))
     yield app
-    for runtime in app.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+    app.extensions["nextword"].engine.close()
 
 
 def test_liveness_and_readiness(down_app):

@@ -34,8 +34,7 @@ def new_session(client, model: str | None = None) -> str:
 
 
 def close_app(app) -> None:
-    for runtime in app.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+    app.extensions["nextword"].engine.close()
 
 
 # -- lifecycle -----------------------------------------------------------------------------------------------------
@@ -232,7 +231,7 @@ def test_session_of_another_bundle_version_is_409(make_settings, models_dir, tin
     new_app = create_app(make_settings(models_dir=retrained))
     try:
         client = new_app.test_client()
-        assert client.get("/models/tiny-lstm").json["sha256"] != old_app.extensions["nextword"].engine.runtime(
+        assert client.get("/models/tiny-lstm").json["sha256"] != old_app.extensions["nextword"].engine.model(
             "tiny-lstm").bundle.digest
         for r in (client.post("/predict", json={"text": "eats", "session_id": sid}),
                   client.post(f"/sessions/{sid}/generate", json={"max_tokens": 2})):
@@ -246,7 +245,7 @@ def test_session_of_another_bundle_version_is_409(make_settings, models_dir, tin
 
 def test_corrupt_state_bytes_are_409_not_500(client, redis_url, app):
     """A record with the right digest but a state of the wrong size (written by something else)."""
-    digest = app.extensions["nextword"].engine.runtime("tiny-lstm").bundle.digest
+    digest = app.extensions["nextword"].engine.model("tiny-lstm").bundle.digest
     store = SessionStore.from_url(redis_url, 60)
     try:
         sid = store.create("tiny-lstm", digest, "", state=b"\x00" * 12).session_id

@@ -67,8 +67,7 @@ def make_app(make_settings, captured):
 
     yield make
     for app in apps:
-        for runtime in app.extensions["nextword"].engine.runtimes.values():
-            runtime.close()
+        app.extensions["nextword"].engine.close()
 
 
 def test_formatter_writes_one_json_object_per_line():

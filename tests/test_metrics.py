@@ -124,8 +124,7 @@ def test_metrics_stay_open_when_api_keys_are_set(make_settings):
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         assert "nextword_http_requests_total" in response.get_data(as_text=True)
     finally:
-        for runtime in app.extensions["nextword"].engine.runtimes.values():
-            runtime.close()
+        app.extensions["nextword"].engine.close()
 
 
 # -- several workers ------------------------------------------------------------------------------------------------

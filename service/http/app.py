@@ -23,7 +23,9 @@ from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcc
                             ServiceError)
 from service.http import auth, browser, ops, predict, sessions
 from service.http.context import Services, services
+from service.http.responses import error_response
 from service.runtime import ModelRuntime
+from service.scheduler import Scheduler
 from service.state import SessionStore
 
 log = logging.getLogger("nextword")
@@ -38,13 +40,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise ConfigError("REDIS_URL is empty: set it, or start with `python -m service`, which starts an "
                           "embedded Redis")
     bundles = discover(settings.models_dir)
-    runtimes = {b.name: ModelRuntime(b, settings.device, settings.ort_threads, settings.batch_max_size,
-                                     settings.batch_wait_ms) for b in bundles}
-    default = settings.default_model or ("wikitext2-lstm" if "wikitext2-lstm" in runtimes else bundles[0].name)
-    if default not in runtimes:
-        raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(runtimes)}")
+    models = {b.name: Scheduler(ModelRuntime(b, settings.device, settings.ort_threads), settings.batch_max_size)
+              for b in bundles}
+    default = settings.default_model or ("wikitext2-lstm" if "wikitext2-lstm" in models else bundles[0].name)
+    if default not in models:
+        raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(models)}")
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
-    engine = Engine(runtimes, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
+    engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
 
     app = Flask("nextword")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -56,9 +58,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app, settings.api_keys)
     browser.init_app(app, settings)
     _init_error_handlers(app)
-    for name, rt in runtimes.items():
-        logs.log_event(log, "model loaded", model=name, architecture=rt.bundle.manifest["architecture"],
-                       version=rt.bundle.digest[:12], provider=rt.provider, vocab=rt.bundle.vocab_size,
+    for name, m in models.items():
+        logs.log_event(log, "model loaded", model=name, architecture=m.bundle.manifest["architecture"],
+                       version=m.bundle.digest[:12], provider=m.runtime.provider, vocab=m.bundle.vocab_size,
                        default=name == default)
     logs.log_event(log, "worker ready", settings=settings.describe())
     if not settings.api_keys:
@@ -106,15 +108,6 @@ def _request_text() -> str | None:
     except Exception:  # noqa: BLE001 - a body too large to read: nothing to log
         return None
     return body.get("text") if isinstance(body, dict) and isinstance(body.get("text"), str) else None
-
-
-def error_response(error: ServiceError):
-    metrics.ERRORS.labels(code=error.code).inc()
-    response = jsonify(error.to_dict())
-    response.status_code = error.status
-    for name, value in error.headers.items():
-        response.headers[name] = value
-    return response
 
 
 def _init_error_handlers(app: Flask) -> None:

@@ -20,8 +20,8 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     engine = services().engine
-    models = [{"name": name, "provider": rt.provider, "version": rt.bundle.digest[:12]}
-              for name, rt in engine.runtimes.items()]
+    models = [{"name": name, "provider": m.runtime.provider, "version": m.bundle.digest[:12]}
+              for name, m in engine.models.items()]
     try:
         engine.store.ping()
     except ServiceError as error:

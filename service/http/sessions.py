@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from service import metrics
-from service.errors import ServiceError
+from service.engine import Done, Generation, Token
+from service.errors import InternalError, ServiceError
 from service.http.context import services
+from service.http.responses import (SSE, SSE_HEADERS, etag, if_match, session_response, session_view, sse,
+                                    sse_error)
 from service.http.validation import integer, json_body, number, string, string_list
-from service.sampling import GREEDY_TEMPERATURE, SamplingParams
+from service.sampling import SamplingParams
 
 bp = Blueprint("sessions", __name__)
 log = logging.getLogger("nextword")
-SSE = "text/event-stream"
 
 
 def _optional_json(allowed: set[str]) -> dict:
@@ -29,17 +30,16 @@ def _optional_json(allowed: set[str]) -> dict:
 @bp.post("/sessions")
 def create():
     body = _optional_json({"model"})
-    session = services().engine.create_session(string(body, "model", max_length=200), g.owner)
-    g.log.update(model=session["model"])
-    response = jsonify(session)
-    response.status_code = 201
-    response.headers["Location"] = f"/sessions/{session['session_id']}"
+    record = services().engine.create_session(string(body, "model", max_length=200), g.owner)
+    g.log.update(model=record.model)
+    response = session_response(record, status=201)
+    response.headers["Location"] = f"/sessions/{record.session_id}"
     return response
 
 
 @bp.get("/sessions/<session_id>")
 def show(session_id: str):
-    return jsonify(services().engine.session_info(session_id, g.owner))
+    return session_response(services().engine.session_info(session_id, g.owner))
 
 
 @bp.delete("/sessions/<session_id>")
@@ -48,8 +48,28 @@ def delete(session_id: str):
     return Response(status=204)
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _token(token: Token) -> dict:
+    return {"index": token.index, "id": token.id, "word": token.word, "probability": token.probability}
+
+
+def _done(done: Done) -> dict:
+    return {"finish_reason": done.finish_reason, "text": done.text, "tokens": done.tokens, "model": done.model,
+            "session": session_view(done.session)}
+
+
+class _Timing:
+    """Time to first token and between tokens, as the client's connection sees them (when each is handed over)."""
+
+    def __init__(self, model: str, started: float):
+        self.first = metrics.STREAM_FIRST_TOKEN.labels(model=model)
+        self.between = metrics.STREAM_INTER_TOKEN.labels(model=model)
+        self.last = started
+        self.count = 0
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        (self.between if self.count else self.first).observe(now - self.last)
+        self.last, self.count = now, self.count + 1
 
 
 @bp.post("/sessions/<session_id>/generate")
@@ -61,42 +81,53 @@ def generate(session_id: str):
     prompt = string(body, "text", max_length=settings.max_body_bytes)
     max_tokens = integer(body, "max_tokens", min(32, settings.max_generate_tokens), 1, settings.max_generate_tokens,
                          " (NEXTWORD_MAX_GENERATE_TOKENS)")
-    temperature = number(body, "temperature", 1.0, 0.0, 100.0, low_open=True)
     params = SamplingParams(
-        temperature=temperature,
+        temperature=number(body, "temperature", 1.0, 0.0, 100.0, low_open=True),
         top_k=integer(body, "top_k", 0, 0, 1_000_000),
         top_p=number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         seed=integer(body, "seed", None, 0, 2**63 - 1),
     )
     stop = string_list(body, "stop", max_items=16)
-    generation = services().engine.start_generation(session_id, g.owner, prompt, params, max_tokens, stop, started)
-    g.log.update(model=generation.runtime.bundle.name, greedy=temperature <= GREEDY_TEMPERATURE,
+    version = if_match(request.headers.get("If-Match"))
+    generation = services().engine.start_generation(session_id, g.owner, prompt, params, max_tokens, stop, version)
+    g.log.update(model=generation.model, greedy=params.greedy,
                  tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
+    timing = _Timing(generation.model, started)
     if not stream:
-        try:
-            result = generation.drain()
-            g.log["generated"] = result["tokens"]
-            return jsonify(result)
-        finally:
-            generation.close()
+        with generation:
+            tokens, done = [], None
+            for event in generation:
+                if isinstance(event, Token):
+                    timing.token()
+                    tokens.append(_token(event))
+                else:
+                    done = event
+        g.log["generated"] = done.tokens
+        response = jsonify({**_done(done), "token_details": tokens})
+        response.headers["ETag"] = etag(done.session.version)
+        return response
+    return _event_stream(generation, timing, g.log)
 
-    log_fields = g.log  # the request log line is written after the last event, with these
+
+def _event_stream(generation: Generation, timing: _Timing, log_fields: dict) -> Response:
+    """The generation as Server-Sent Events. The WSGI server closes the response when the client goes away (or
+    after the last event): that one close cancels the stream and frees its slot."""
 
     def events():
         try:
             for event in generation:
-                if event["event"] == "token":
+                if isinstance(event, Token):
+                    timing.token()
                     log_fields["generated"] += 1
-                yield _sse(event["event"], event["data"])
+                    yield sse("token", _token(event))
+                else:
+                    yield sse("done", _done(event))
         except ServiceError as error:
-            metrics.ERRORS.labels(code=error.code).inc()
-            yield _sse("error", error.to_dict())
+            yield sse_error(error)
         except Exception:  # noqa: BLE001 - logged; the client gets the same JSON error as a 500 would carry
             log.exception("generation failed")
-            yield _sse("error", {"error": {"code": "internal", "message": "internal error during generation",
-                                           "field": None}})
+            yield sse_error(InternalError("internal error during generation"))
 
-    response = Response(stream_with_context(events()), mimetype=SSE,
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream_with_context(events()), mimetype=SSE, headers=SSE_HEADERS)
     response.call_on_close(generation.close)
     return response

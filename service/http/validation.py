@@ -37,7 +37,7 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def string(body: dict, name: str, required: bool = False, max_length: int = 1 << 20, empty_ok: bool = False):
+def string(body: dict, name: str, required: bool = False, max_length: int = 1 << 20):
     value = body.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
@@ -45,12 +45,21 @@ def string(body: dict, name: str, required: bool = False, max_length: int = 1 <<
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"`{name}` must be a string", field=name)
-    if not empty_ok and not value.strip():
+    if not value.strip():
         raise InvalidInput(f"`{name}` must not be empty", field=name)
     if len(value) > max_length:
         raise InvalidInput(f"`{name}` is longer than {max_length} characters", field=name)
     if "\x00" in value:
         raise InvalidInput(f"`{name}` contains a NUL character", field=name)
+    return value
+
+
+def boolean(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidInput(f"`{name}` must be true or false", field=name)
     return value
 
 

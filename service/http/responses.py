@@ -1,0 +1,93 @@
+"""How domain objects look on the wire: the one conversion of errors into JSON responses and SSE error events,
+session and prediction views, ETags and Server-Sent Events. Knows Flask's response objects, not the engine's
+insides.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Response, jsonify
+
+from service import metrics
+from service.errors import InvalidInput, ServiceError
+from service.sampling import top_k
+from service.state import SessionRecord
+
+SSE = "text/event-stream"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
+
+
+def error_response(error: ServiceError) -> Response:
+    """The JSON error body with its status, Retry-After from the error's hint, and any HTTP headers it carries."""
+    metrics.ERRORS.labels(code=error.code).inc()
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def error_item(error: ServiceError) -> dict:
+    """A failed item of a batch: the same error object, with the status it would have had alone."""
+    metrics.ERRORS.labels(code=error.code).inc()
+    return {**error.to_dict(), "status": error.status}
+
+
+def sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def sse_error(error: ServiceError) -> str:
+    """A stream that fails after its first event ends with the same JSON an error response carries."""
+    metrics.ERRORS.labels(code=error.code).inc()
+    return sse("error", error.to_dict())
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def if_match(header: str | None) -> int | None:
+    """The version an If-Match header names (a quoted integer, as ETag sends it; `*` or none: no precondition)."""
+    if header is None or header.strip() == "*":
+        return None
+    value = header.strip()
+    if value.startswith("W/"):
+        raise InvalidInput("If-Match must be a strong ETag such as \"7\" (a session's version)", field="If-Match")
+    value = value.strip('"')
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidInput("If-Match must be a session's ETag, a quoted version number such as \"7\"",
+                           field="If-Match")
+    return int(value)
+
+
+def session_view(record: SessionRecord) -> dict:
+    return {"session_id": record.session_id, "model": record.model, "model_version": record.digest[:12],
+            "tokens": record.tokens, "version": record.version, "created": record.created,
+            "updated": record.updated, "expires_in": record.expires_in, "expires_at": time.time() + record.expires_in}
+
+
+def session_response(record: SessionRecord, status: int = 200) -> Response:
+    response = jsonify(session_view(record))
+    response.status_code = status
+    response.headers["ETag"] = etag(record.version)
+    return response
+
+
+def prediction_view(prediction, words: tuple[str, ...], k: int) -> dict:
+    """What /predict answers in JSON for one prediction (also one result of /predict/batch)."""
+    ids, probs = top_k(prediction.log_probs, k)
+    out = {"model": prediction.model,
+           "predictions": [{"word": words[i], "id": i, "probability": p} for i, p in zip(ids.tolist(), probs.tolist())],
+           "tokens": prediction.reading.tokens,
+           "unknown": prediction.reading.unknown}
+    if prediction.scores is not None:
+        out["scores"] = [{"word": w, "probability": p}
+                         for w, p in zip(prediction.reading.tokens, prediction.scores.tolist())]
+    if prediction.session is not None:
+        out["session"] = session_view(prediction.session)
+    return out

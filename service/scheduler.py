@@ -1,0 +1,262 @@
+"""The per-model scheduler: one thread that makes every onnxruntime call of one bundle. Knows nothing of HTTP,
+Redis, words or sessions.
+
+Two kinds of work arrive on one queue:
+- a `Step`: tokens (seq,) fed after a state (tensors, layers, hidden). The caller's thread waits for the call that
+  carries it. Steps of equal length run together, so one-token steps of different sessions always batch; a step
+  that needs no distribution (the prefix of a prompt) lets onnxruntime skip the softmax head.
+- a `Stream`: the decode loop of one generation (continuous batching). It joins at the next tick and stays until
+  it ends. Each tick samples one token for every active stream in one vectorised call (`sample_rows`: each row
+  under its own params and seeded generator), puts each token on its stream's queue at once, then feeds all of
+  them to the model in one onnxruntime call, together with the queued one-token steps. A stream whose reader went
+  away (`Stream.cancel`) leaves at the next tick; one that reaches its limit, `<eos>` or a stop word leaves after
+  the call that fed its last token, with its final state.
+Nothing waits for peers: whatever arrives while a call runs joins the next one, so batches grow with load and
+cost nothing when idle. A row's result never depends on the other rows of its call.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import numpy as np
+
+from service import metrics
+from service.errors import ModelUnavailable, Overloaded
+from service.runtime import ModelRuntime
+from service.sampling import SamplingParams, make_rng, sample_rows
+
+log = logging.getLogger(__name__)
+
+
+class Step:
+    """One step: a caller waits on it (`wait`); the scheduler thread completes it (`finish`) exactly once."""
+
+    __slots__ = ("tokens", "state", "with_log_probs", "queued_at", "_result", "_error", "_done")
+
+    def __init__(self, tokens: np.ndarray, state: np.ndarray, with_log_probs: bool = True):
+        self.tokens = tokens  # (seq,) int64
+        self.state = state  # (tensors, layers, hidden) float32
+        self.with_log_probs = with_log_probs
+        self.queued_at = time.perf_counter()
+        self._result = None
+        self._error: BaseException | None = None
+        self._done = threading.Lock()  # held until finish(): a one-shot event without a Condition's overhead
+        self._done.acquire()
+
+    def finish(self, result=None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+        self._done.release()
+
+    def wait(self, timeout: float):
+        """(log_probs (vocab,) or None, new state (tensors, layers, hidden)); raises what the call raised."""
+        if not self._done.acquire(timeout=timeout):
+            raise ModelUnavailable(f"no model step within {timeout:g} s; retry shortly", retry_after=1)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class Stream:
+    """One generation's decode loop. The scheduler thread owns it once started; its reader takes `events`.
+
+    Events, in order: ("token", id, probability) for each sampled token, as soon as it is drawn; then either
+    ("end", finish_reason, state_before_last, state_after_last, last_token_id) once the last token has been fed to
+    the model, or
+    ("error", ServiceError). finish_reason is "length", "eos" or "stop".
+    """
+
+    def __init__(self, state: np.ndarray, log_probs: np.ndarray, params: SamplingParams, max_tokens: int,
+                 stop_ids: frozenset[int], eos: int):
+        self.state = state  # (tensors, layers, hidden): after every token fed so far
+        self.log_probs = log_probs  # (vocab,): the distribution of the next token
+        self.params = params
+        self.rng = make_rng(params.seed)
+        self.max_tokens = max_tokens
+        self.stop_ids = stop_ids
+        self.eos = eos
+        self.generated = 0
+        self.finish: str | None = None
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancelled = False
+        self._source: tuple[np.ndarray, int] | None = None  # (batch log_probs, row) when log_probs is a row of it
+
+    def cancel(self) -> None:
+        """The reader went away: leave at the next tick, nothing more is sent."""
+        self.cancelled = True
+
+    def next_event(self, timeout: float) -> tuple:
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise ModelUnavailable(f"no token within {timeout:g} s; retry shortly", retry_after=1) from None
+
+
+class Scheduler:
+    """Batches one model's steps and runs the decode loop of its streams, on one thread."""
+
+    def __init__(self, runtime: ModelRuntime, batch_max: int = 64, max_queue: int = 4096, timeout: float = 60.0):
+        self.runtime = runtime
+        self.bundle = runtime.bundle
+        self.batch_max = batch_max
+        self.max_queue = max_queue
+        self.timeout = timeout  # how long a caller waits for its step before giving up
+        self._banned = frozenset({runtime.bundle.unk})  # generation never samples <unk>
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # Step | Stream | None (close)
+        self._pending: list[Step] = []
+        self._streams: list[Stream] = []
+        self._wait = metrics.BATCH_WAIT.labels(model=self.bundle.name)
+        self._generated = metrics.TOKENS_GENERATED.labels(model=self.bundle.name)
+        self._thread = threading.Thread(target=self._loop, name=f"scheduler-{self.bundle.name}", daemon=True)
+        self._thread.start()
+
+    # --- callers' side (any thread) ------------------------------------------------------------------------------
+
+    def submit(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True) -> Step:
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"model {self.bundle.name} has {self.max_queue} steps queued; retry shortly",
+                             retry_after=1)
+        step = Step(np.ascontiguousarray(tokens, dtype=np.int64),
+                    self.runtime.zero_state() if state is None else state, with_log_probs)
+        self._queue.put(step)
+        return step
+
+    def step(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True):
+        """Feeds tokens (seq,) after state; (log_probs (vocab,) or None, new state (tensors, layers, hidden))."""
+        return self.submit(tokens, state, with_log_probs).wait(self.timeout)
+
+    def start(self, stream: Stream) -> None:
+        """The stream joins at the next tick."""
+        self._queue.put(stream)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    # --- the scheduler thread ------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            if not self._collect(block=not self._streams and not self._pending):
+                self._fail_all(ModelUnavailable(f"model {self.bundle.name} is shutting down", retry_after=1))
+                return
+            if self._streams:
+                self._tick()
+            if self._pending:  # steps the tick did not take: one group of equal length per turn
+                self._run_group()
+
+    def _collect(self, block: bool) -> bool:
+        """Moves everything queued into pending/streams; False once close() was called."""
+        try:
+            item = self._queue.get() if block else self._queue.get_nowait()
+            while True:
+                if item is None:
+                    return False
+                (self._streams if isinstance(item, Stream) else self._pending).append(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _take(self, length: int, limit: int) -> list[Step]:
+        """Up to `limit` pending steps of `length` tokens, oldest first."""
+        taken, kept = [], []
+        for step in self._pending:
+            (taken if len(taken) < limit and len(step.tokens) == length else kept).append(step)
+        self._pending = kept
+        now = time.perf_counter()
+        for step in taken:
+            self._wait.observe(now - step.queued_at)
+        return taken
+
+    def _run_group(self) -> None:
+        group = self._take(len(self._pending[0].tokens), self.batch_max)
+        try:
+            tokens = np.stack([s.tokens for s in group])  # (batch, seq)
+            states = np.stack([s.state for s in group], axis=2)  # (tensors, layers, batch, hidden)
+            log_probs, new = self.runtime.run(tokens, states, with_log_probs=any(s.with_log_probs for s in group))
+        except Exception as e:  # never let one bad call kill the scheduler thread
+            error = self._failure(e)
+            for s in group:
+                s.finish(error=error)
+            return
+        for b, s in enumerate(group):
+            s.finish((None if log_probs is None or not s.with_log_probs else log_probs[b], new[:, :, b]))
+
+    def _tick(self) -> None:
+        live = [s for s in self._streams if not s.cancelled]
+        self._streams = []
+        for start in range(0, len(live), self.batch_max):
+            chunk = live[start:start + self.batch_max]
+            steps = self._take(1, self.batch_max - len(chunk)) if start + self.batch_max >= len(live) else []
+            self._streams += self._advance(chunk, steps)
+
+    def _advance(self, streams: list[Stream], steps: list[Step]) -> list[Stream]:
+        """Samples a token for each stream, then feeds them (and the one-token steps) in one call; the streams that
+        go on."""
+        n = len(streams)
+        try:
+            tokens, probs = sample_rows(self._stacked(streams), [s.params for s in streams],
+                                        [s.rng for s in streams], self._banned)
+        except Exception as e:
+            error = self._failure(e)
+            for s in streams:
+                s.events.put(("error", error))
+            return []
+        for s, token, probability in zip(streams, tokens.tolist(), probs.tolist()):
+            s.generated += 1
+            if token == s.eos:
+                s.finish = "eos"
+            elif token in s.stop_ids:
+                s.finish = "stop"
+            elif s.generated >= s.max_tokens:
+                s.finish = "length"
+            s.events.put(("token", token, probability))
+        self._generated.inc(n)
+        try:
+            batch_tokens = np.concatenate([tokens, *[s.tokens for s in steps]])[:, None]  # (batch, 1)
+            states = np.stack([s.state for s in streams] + [s.state for s in steps], axis=2)
+            log_probs, new = self.runtime.run(batch_tokens, states)  # (batch, vocab), (tensors, layers, batch, hidden)
+        except Exception as e:
+            error = self._failure(e)
+            for s in streams:
+                s.events.put(("error", error))
+            for s in steps:
+                s.finish(error=error)
+            return []
+        going = []
+        for b, (s, token) in enumerate(zip(streams, tokens.tolist())):
+            before, s.state = s.state, new[:, :, b]
+            if s.finish is not None:
+                s.events.put(("end", s.finish, np.ascontiguousarray(before), np.ascontiguousarray(s.state), token))
+                continue
+            s.log_probs, s._source = log_probs[b], (log_probs, b)
+            going.append(s)
+        for b, s in enumerate(steps, start=n):
+            s.finish((log_probs[b], new[:, :, b]))
+        return going
+
+    @staticmethod
+    def _stacked(streams: list[Stream]) -> np.ndarray:
+        """(streams, vocab): the rows of the last call as they are when the streams are its first rows in order
+        (the steady state), else a stacked copy."""
+        source = streams[0]._source
+        if source is not None and all(s._source is not None and s._source[0] is source[0] and s._source[1] == i
+                                      for i, s in enumerate(streams)):
+            return source[0][: len(streams)]
+        return np.stack([s.log_probs for s in streams])
+
+    def _failure(self, error: Exception) -> ModelUnavailable:
+        log.error("onnxruntime call failed for %s: %s: %s", self.bundle.name, type(error).__name__, error,
+                  exc_info=error)
+        return ModelUnavailable(f"model {self.bundle.name} failed to run: {type(error).__name__}", retry_after=1)
+
+    def _fail_all(self, error: ModelUnavailable) -> None:
+        self._collect(block=False)
+        for s in self._pending:
+            s.finish(error=error)
+        for stream in self._streams:
+            stream.events.put(("error", error))
+        self._pending, self._streams = [], []
