@@ -36,6 +36,10 @@ def _int(env: dict, name: str, default: int, low: int, high: int) -> int:
     return _number(env, name, default, low, high, int)
 
 
+def _float(env: dict, name: str, default: float, low: float, high: float) -> float:
+    return _number(env, name, default, low, high, float)
+
+
 def _bool(env: dict, name: str, default: bool) -> bool:
     raw = _get(env, name, "true" if default else "false").lower()
     if raw in ("1", "true", "yes", "on"):
@@ -54,16 +58,17 @@ class Settings:
     redis_url: str = field(default="", repr=False)  # "" = embedded redis-server with data in redis_dir; may hold a password
     redis_dir: Path = Path("var/redis")  # embedded Redis data: sessions survive a restart of `make serve`
     workers: int = 2  # gunicorn processes; each loads every bundle once
-    threads: int = 16  # gthread threads per worker = concurrent requests/streams per worker
+    threads: int = 48  # gthread threads per worker: open streams + other requests in progress (idle ones cost ~nothing)
     ort_threads: int = 1  # onnxruntime intra-op threads per model; workers x this should not exceed cores
     session_ttl_seconds: int = 3600  # idle sessions expire; every access slides the expiry
     max_text_tokens: int = 512  # tokens one request may feed
     max_body_bytes: int = 64 * 1024  # larger request bodies get 413 before they are parsed
     max_top_k: int = 1000  # largest top_k a client may ask for
     max_generate_tokens: int = 256  # ceiling on max_tokens of one generation (above it: 400, not clamped)
-    max_streams: int = 32  # concurrent generations per worker; beyond: 429
+    max_streams: int = 32  # concurrent generations per worker (each holds a thread); beyond: 429 at once
     max_batch_items: int = 256  # items in one POST /predict/batch; beyond: 400
     batch_max_size: int = 64  # rows per onnxruntime call; past ~64 throughput gains are small
+    batch_wait_ms: float = 0.0  # how long a call waits for more rows; measured, waiting only added latency
     cas_retries: int = 64  # re-runs of a step whose session changed underneath it, before 409
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty = open service (logged at startup)
     log_level: str = "info"
@@ -71,6 +76,13 @@ class Settings:
     graceful_timeout: int = 30  # seconds in-flight requests get after SIGTERM
     prometheus_dir: Path = Path("var/prometheus")  # PROMETHEUS_MULTIPROC_DIR when the launcher sets it
     cors_origins: tuple[str, ...] = ()  # none: only same-origin pages (the playground at /) may call the API from a browser
+
+    def __post_init__(self) -> None:
+        reserved = max(2, self.threads // 4)  # threads streams may never take: /healthz, /predict, ... stay served
+        if self.max_streams > self.threads - reserved:
+            raise ConfigError(f"NEXTWORD_MAX_STREAMS={self.max_streams} would leave fewer than {reserved} of "
+                              f"NEXTWORD_THREADS={self.threads} for other requests (health checks included): raise "
+                              "the threads or lower the streams")
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -107,6 +119,7 @@ class Settings:
             max_streams=_int(env, "NEXTWORD_MAX_STREAMS", cls.max_streams, 1, 100_000),
             max_batch_items=_int(env, "NEXTWORD_MAX_BATCH_ITEMS", cls.max_batch_items, 1, 100_000),
             batch_max_size=_int(env, "NEXTWORD_BATCH_MAX_SIZE", cls.batch_max_size, 1, 4096),
+            batch_wait_ms=_float(env, "NEXTWORD_BATCH_WAIT_MS", cls.batch_wait_ms, 0.0, 1000.0),
             cas_retries=_int(env, "NEXTWORD_CAS_RETRIES", cls.cas_retries, 0, 10_000),
             api_keys=tuple(keys),
             log_level=log_level,

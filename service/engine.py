@@ -267,18 +267,16 @@ class Engine:
 
     # --- batches ---------------------------------------------------------------------------------------------------
 
-    def predict_batch(self, items: list["BatchItem | ServiceError"], owner: str) -> list["Prediction | ServiceError"]:
+    def predict_batch(self, items: list[BatchItem], owner: str) -> list["Prediction | ServiceError"]:
         """Each item as `predict` would answer it, or the error it failed with (the others still apply).
 
         Items naming the same session apply in item order, as one compare-and-set whose version grows by the number
         of items applied; every step of a wave (the n-th item of every session, and every stateless item) goes to
         the schedulers at once, and Redis is read and written in one pipelined round trip each."""
-        results: list = list(items)
+        results: list = [None] * len(items)
         chains: dict[str, list[int]] = {}
         stateless = []  # (result index, scheduler, reading)
         for i, item in enumerate(items):
-            if isinstance(item, ServiceError):
-                continue
             if item.session_id is None:
                 try:
                     scheduler = self.model(item.model)
@@ -479,24 +477,29 @@ class Generation:
         self.committed: SessionRecord | None = None
 
     def __iter__(self) -> Iterator["Token | Done"]:
+        """Tokens as the scheduler draws them, then Done; the generation is closed when this ends, however."""
         bundle = self.scheduler.bundle
         words: list[str] = []
-        while True:
-            kind, *rest = self.stream.next_event(TOKEN_TIMEOUT_S)
-            if kind == "token":
-                token, probability = rest
-                word = bundle.words[token]
-                if token != bundle.eos and token not in self.stream.stop_ids:
-                    words.append(word)
-                self.generated += 1
-                yield Token(self.generated - 1, token, word, round(probability, 6))
-            elif kind == "end":
-                finish, before, after, last = rest
-                self.committed = self._commit(SessionState(after, before, last))
-                yield Done(finish, detokenize(words, bundle.convention), self.generated, self.model, self.committed)
-                return
-            else:
-                raise rest[0]
+        try:
+            while True:
+                kind, *rest = self.stream.next_event(TOKEN_TIMEOUT_S)
+                if kind == "token":
+                    token, probability = rest
+                    word = bundle.words[token]
+                    if token != bundle.eos and token not in self.stream.stop_ids:
+                        words.append(word)
+                    self.generated += 1
+                    yield Token(self.generated - 1, token, word, round(probability, 6))
+                elif kind == "end":
+                    finish, before, after, last = rest
+                    self.committed = self._commit(SessionState(after, before, last))
+                    yield Done(finish, detokenize(words, bundle.convention), self.generated, self.model,
+                               self.committed)
+                    return
+                else:
+                    raise rest[0]
+        finally:
+            self.close()
 
     def _commit(self, state: SessionState) -> SessionRecord:
         try:

@@ -11,8 +11,10 @@ Two kinds of work arrive on one queue:
   them to the model in one onnxruntime call, together with the queued one-token steps. A stream whose reader went
   away (`Stream.cancel`) leaves at the next tick; one that reaches its limit, `<eos>` or a stop word leaves after
   the call that fed its last token, with its final state.
-Nothing waits for peers: whatever arrives while a call runs joins the next one, so batches grow with load and
-cost nothing when idle. A row's result never depends on the other rows of its call.
+By default nothing waits for peers: whatever arrives while a call runs joins the next one, so batches grow with
+load and cost nothing when idle. With `batch_wait` > 0 every call first waits up to that long for more rows (a
+queue delay, as Triton's); measured, it only added latency here (benchmarks/bench.py), so it defaults to 0.
+A row's result never depends on the other rows of its call.
 """
 
 from __future__ import annotations
@@ -98,10 +100,12 @@ class Stream:
 class Scheduler:
     """Batches one model's steps and runs the decode loop of its streams, on one thread."""
 
-    def __init__(self, runtime: ModelRuntime, batch_max: int = 64, max_queue: int = 4096, timeout: float = 60.0):
+    def __init__(self, runtime: ModelRuntime, batch_max: int = 64, batch_wait_ms: float = 0.0, max_queue: int = 4096,
+                 timeout: float = 60.0):
         self.runtime = runtime
         self.bundle = runtime.bundle
         self.batch_max = batch_max
+        self.batch_wait = batch_wait_ms / 1000.0
         self.max_queue = max_queue
         self.timeout = timeout  # how long a caller waits for its step before giving up
         self._banned = frozenset({runtime.bundle.unk})  # generation never samples <unk>
@@ -140,7 +144,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
-            if not self._collect(block=not self._streams and not self._pending):
+            if not self._collect(block=not self._streams and not self._pending) or not self._linger():
                 self._fail_all(ModelUnavailable(f"model {self.bundle.name} is shutting down", retry_after=1))
                 return
             if self._streams:
@@ -159,6 +163,22 @@ class Scheduler:
                 item = self._queue.get_nowait()
         except queue.Empty:
             return True
+
+    def _linger(self) -> bool:
+        """With a batch wait: collect more rows until the wait is over or a call would be full."""
+        deadline = time.perf_counter() + self.batch_wait
+        while self.batch_wait and len(self._streams) + len(self._pending) < self.batch_max:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is None:
+                return False
+            (self._streams if isinstance(item, Stream) else self._pending).append(item)
+        return True
 
     def _take(self, length: int, limit: int) -> list[Step]:
         """Up to `limit` pending steps of `length` tokens, oldest first."""

@@ -68,6 +68,18 @@ _BETWEEN_DIGITS = frozenset(":–")  # 2 : 33 -> 2:33, 15 – 18 -> 15–18
 _CLITIC = re.compile(r"'[^\W\d_]")  # 's 't 're 'n 'Brien: split off the word before
 
 
+def dropped(ch: str) -> bool:
+    """Characters the tokenizer drops or splits on: whitespace, control and format characters, variation selectors."""
+    code = ord(ch)
+    return (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") or 0xFE00 <= code <= 0xFE0F
+            or 0xE0100 <= code <= 0xE01EF)
+
+
+def has_word(text: str) -> bool:
+    """Whether tokenize() finds at least one token in text, whatever the convention."""
+    return any(not dropped(ch) for ch in text)
+
+
 def _clean(text: str) -> str:
     kept = (ch if unicodedata.category(ch) not in ("Cc", "Cf", "Cs") or ch in "\n\r"
             else " " if ch.isspace() else "" for ch in _VARIATION_SELECTOR.sub("", text))

@@ -126,7 +126,7 @@ def test_session_model_is_kept_without_naming_it(client):
 def test_concurrent_predicts_on_one_session_all_count(service_factory):
     """20 racing /predict calls, each with one word, on one session of a 2-worker server: all 20 are
     consumed, and the state equals 20 sequential feeds (compared through one more word on both)."""
-    service = service_factory(workers=2, NEXTWORD_THREADS="8")
+    service = service_factory(workers=2, NEXTWORD_THREADS="8", NEXTWORD_MAX_STREAMS="6")
     url = service.url
     http = requests.Session()
 

@@ -194,7 +194,8 @@ def test_the_service_logs_json_startup_lines_without_secrets(service_factory, re
     admin.config_set("requirepass", password)
     try:
         url = restartable_redis.url.replace("redis://", f"redis://:{password}@")
-        service = service_factory(workers=2, redis=url, NEXTWORD_API_KEYS=key, NEXTWORD_THREADS="4")
+        service = service_factory(workers=2, redis=url, NEXTWORD_API_KEYS=key, NEXTWORD_THREADS="4",
+                                  NEXTWORD_MAX_STREAMS="2")
         response = requests.post(service.url + "/predict", json={"text": "the cat"}, timeout=30,
                                  headers={"Authorization": f"Bearer {key}", "X-Request-ID": "from-client-1"})
         assert response.status_code == 200 and response.headers["X-Request-ID"] == "from-client-1"

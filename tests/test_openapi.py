@@ -24,6 +24,9 @@ API_KEY = "schemathesis-key"
 SCHEMATHESIS_CONFIG = """\
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "404", "405", "406", "409", "413", "415"]
+
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx"]
 """
 
 
@@ -68,12 +71,14 @@ def test_every_route_is_documented_and_nothing_else(app, document):
 def test_statuses_and_media_types(document):
     paths = document["paths"]
     predict = paths["/predict"]["post"]["responses"]
-    assert set(predict) == {"200", "400", "401", "404", "405", "406", "409", "413", "415", "429", "503"}
+    assert set(predict) == {"200", "400", "401", "404", "405", "406", "409", "412", "413", "415", "429", "503"}
     assert set(predict["200"]["content"]) == {"application/json", "application/octet-stream"}
-    assert {"X-Model", "X-Vocab-Size"} <= set(predict["200"]["headers"])
+    assert {"X-Model", "X-Vocab-Size", "ETag"} <= set(predict["200"]["headers"])
     generate = paths["/sessions/{session_id}/generate"]["post"]
     assert set(generate["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
-    assert {"400", "404", "409", "429", "503"} <= set(generate["responses"])
+    assert {"400", "404", "409", "412", "429", "503"} <= set(generate["responses"])
+    assert [p["name"] for p in generate["parameters"]] == ["session_id", "If-Match"]
+    assert set(paths["/predict/batch"]["post"]["responses"]) >= {"200", "400", "413", "429", "503"}
     assert "201" in paths["/sessions"]["post"]["responses"]
     assert "204" in paths["/sessions/{session_id}"]["delete"]["responses"]
     assert "503" in paths["/readyz"]["get"]["responses"]
@@ -84,7 +89,8 @@ def test_statuses_and_media_types(document):
 
 def test_request_bodies_are_closed_and_complete(document):
     schemas = document["components"]["schemas"]
-    fields = {"PredictRequest": {"text", "model", "top_k", "session_id"},
+    fields = {"PredictRequest": {"text", "model", "top_k", "session_id", "scores"},
+              "BatchRequest": {"items"},
               "CreateSessionRequest": {"model"},
               "GenerateRequest": {"text", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop"}}
     for name, expected in fields.items():
@@ -128,7 +134,7 @@ def test_text_pattern_is_what_the_server_accepts(client, document, text):
 def test_schemathesis_finds_nothing(service_factory, tmp_path):
     """Every check of a bounded schemathesis run against the real service (with API keys on, so the
     auth checks mean something)."""
-    service = service_factory(workers=1, NEXTWORD_API_KEYS=API_KEY, NEXTWORD_THREADS="4")
+    service = service_factory(workers=1, NEXTWORD_API_KEYS=API_KEY, NEXTWORD_THREADS="4", NEXTWORD_MAX_STREAMS="2")
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
     binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"

@@ -40,8 +40,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise ConfigError("REDIS_URL is empty: set it, or start with `python -m service`, which starts an "
                           "embedded Redis")
     bundles = discover(settings.models_dir)
-    models = {b.name: Scheduler(ModelRuntime(b, settings.device, settings.ort_threads), settings.batch_max_size)
-              for b in bundles}
+    models = {b.name: Scheduler(ModelRuntime(b, settings.device, settings.ort_threads), settings.batch_max_size,
+                                settings.batch_wait_ms) for b in bundles}
     default = settings.default_model or ("wikitext2-lstm" if "wikitext2-lstm" in models else bundles[0].name)
     if default not in models:
         raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(models)}")

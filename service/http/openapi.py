@@ -11,10 +11,10 @@ before the body is read) and the token count of a text (400 past `max_text_token
 from __future__ import annotations
 
 import functools
-import unicodedata
 
 from service.config import Settings
 from service.errors import ERROR_TYPES
+from service.tokenizer import dropped
 
 VERSION = "0.1.0"
 _MIME_JSON = "application/json"
@@ -30,17 +30,16 @@ def _text_pattern() -> str:
     characters and variation selectors), so a text matching it always has a word. Lone surrogates (Cs)
     are left out of the class: they are not Unicode scalar values, and regex engines that work on
     those (Rust's, used by schemathesis) refuse a pattern naming them."""
-    dropped, start = [], None
+    spans, start = [], None
     for code in range(0x110001):
         ch = chr(code) if code < 0x110000 else ""
-        gone = bool(ch) and (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf")
-                             or 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF)
+        gone = bool(ch) and dropped(ch)
         if gone and start is None:
             start = code
         elif not gone and start is not None:
-            dropped.append((start, code - 1))
+            spans.append((start, code - 1))
             start = None
-    ranges = "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in dropped)
+    ranges = "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in spans)
     return f"^[^\\x00]*[^{ranges}][^\\x00]*$"
 
 
@@ -107,6 +106,12 @@ def _e404(*codes: str) -> dict:
 def _e409() -> dict:
     return _error("The session was made with another model or another version of its bundle (start a new session), "
                   "or it kept changing under this request (retry).", "model_mismatch", "session_conflict")
+
+
+def _e412() -> dict:
+    return _error("`If-Match` (or an item's `if_version`) names a version the session no longer has: nothing was "
+                  "written. Read the session (GET /sessions/{session_id}) to see where it stands.",
+                  "precondition_failed")
 
 
 def _e429() -> dict:
@@ -206,8 +211,50 @@ def _schemas(s: Settings) -> dict:
                                                    "clipped to the vocabulary size)."}),
                 "session_id": _nullable({**name, "description": "Continue this session: the text is fed after "
                                                                 "its state, and the new state is stored."}),
+                "scores": _nullable({"type": "boolean", "description": (
+                    "Also give each token's probability given everything before it (`scores`): the session's "
+                    "context, or, without a session, the start of a line. Costs one model step per token.")}),
             },
             "example": {"text": "the cat", "top_k": 5},
+        },
+        "BatchRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["items"],
+            "properties": {"items": {
+                "type": "array", "minItems": 1, "maxItems": s.max_batch_items,
+                "description": f"At most {s.max_batch_items} items (NEXTWORD_MAX_BATCH_ITEMS). Items naming the "
+                               "same session apply in item order.",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["text"],
+                    "properties": {
+                        "text": {**text, "description": "As /predict's `text`."},
+                        "model": _nullable({**name, "description": "As /predict's `model`."}),
+                        "top_k": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_top_k,
+                                            "description": "As /predict's `top_k`."}),
+                        "session_id": _nullable({**name, "description": "As /predict's `session_id`."}),
+                        "if_version": _nullable({"type": "integer", "minimum": 0, "maximum": 2**62,
+                                                 "description": "As If-Match on /predict: the session's version "
+                                                                "this item expects (after the batch's earlier "
+                                                                "items on it)."}),
+                    },
+                }}},
+            "example": {"items": [{"text": "the"}, {"text": "cat"}]},
+        },
+        "BatchResponse": {
+            "type": "object",
+            "required": ["results"],
+            "properties": {"results": {"type": "array", "description": "One per item, in item order.",
+                                       "items": {"oneOf": [_ref("Prediction"), _ref("ItemError")]}}},
+        },
+        "ItemError": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["error", "status"],
+            "properties": {"error": {"$ref": "#/components/schemas/Error/properties/error"},
+                           "status": {"type": "integer", "description": "The status /predict would have given."}},
         },
         "Prediction": {
             "type": "object",
@@ -225,6 +272,12 @@ def _schemas(s: Settings) -> dict:
                            "description": "The text as the model read it."},
                 "unknown": {"type": "array", "items": {"type": "string"},
                             "description": "Tokens outside the vocabulary, read as `<unk>`."},
+                "scores": {"type": "array", "description": "With `scores`: one per token, its probability given "
+                                                           "the tokens before it.",
+                           "items": {"type": "object", "required": ["word", "probability"],
+                                     "properties": {"word": {"type": "string"},
+                                                    "probability": {"type": "number", "minimum": 0,
+                                                                    "maximum": 1}}}},
                 "session": _ref("Session"),
             },
         },
@@ -323,6 +376,11 @@ def _paths(s: Settings) -> dict:
     model_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
                   "description": "A loaded model's name (GET /models)."}
     open_ = {"security": []}
+    if_match = {"name": "If-Match", "in": "header", "required": False,
+                "schema": {"type": "string", "pattern": r'^("[0-9]{1,18}"|[0-9]{1,18}|\*)$'},
+                "description": "A session's ETag (its version, quoted): write only if the session is still at that "
+                               "version, else 412 with nothing written. Makes a retry after a timeout or a 503 "
+                               "safe: a write that was applied is not applied twice. Ignored without a session."}
     session_links = {
         "GetSession": {"operationId": "getSession", "parameters": {"session_id": "$response.body#/session_id"}},
         "DeleteSession": {"operationId": "deleteSession", "parameters": {"session_id": "$response.body#/session_id"}},
@@ -338,7 +396,9 @@ def _paths(s: Settings) -> dict:
                 "the body is the whole next-word distribution: `vocab_size` little-endian float32 "
                 "probabilities in vocabulary order (GET /models/{name}/vocab), with the model in `X-Model` "
                 "and the vocabulary size in `X-Vocab-Size`. With `session_id`, the text is appended to the "
-                "session's context (one compare-and-set write; concurrent calls on one session all count)."),
+                "session's context (one compare-and-set write; concurrent calls on one session all count), and "
+                "the response's `ETag` is the session's new version."),
+            "parameters": [if_match],
             "requestBody": {"required": True, "content": _json(_ref("PredictRequest"))},
             "responses": {
                 "200": _ok("The next-word distribution.", {
@@ -347,13 +407,31 @@ def _paths(s: Settings) -> dict:
                                               "contentMediaType": _MIME_BINARY,
                                               "description": "vocab_size float32 little-endian probabilities"}},
                 }, headers={"X-Model": _header("X-Model"), "X-Vocab-Size": _header("X-Vocab-Size"),
-                            "X-Dtype": _header("X-Dtype"), "X-Session-Tokens": _header("X-Session-Tokens")}),
+                            "X-Dtype": _header("X-Dtype"), "X-Session-Tokens": _header("X-Session-Tokens"),
+                            "ETag": _header("ETag")}),
                 "400": _e400(f" A text of more than {s.max_text_tokens} tokens, or with no word, is a 400 on "
                              "`text`."),
                 "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405,
                 "406": _error("`Accept` allows neither application/json nor application/octet-stream.",
                               "not_acceptable"),
-                "409": _e409(), "413": _E413, "415": _E415, "429": _e429(),
+                "409": _e409(), "412": _e412(), "413": _E413, "415": _E415, "429": _e429(),
+                "503": _e503("state_store_unavailable", "model_unavailable"),
+            },
+        }},
+        "/predict/batch": {"post": {
+            "operationId": "predictBatch",
+            "tags": ["predict"],
+            "summary": "Many /predict items in one request (a keyboard backend, a gateway)",
+            "description": (
+                "Each result is exactly what /predict would answer for its item (JSON), or `{\"error\", "
+                "\"status\"}` for an item that failed; the others still apply. Items naming the same session "
+                "apply in item order, as one write whose version grows by the number of items applied. A "
+                "malformed item makes the whole request a 400 naming `items[n]`."),
+            "requestBody": {"required": True, "content": _json(_ref("BatchRequest"))},
+            "responses": {
+                "200": _ok("One result per item.", _json(_ref("BatchResponse"))),
+                "400": _e400(f" More than {s.max_batch_items} items is a 400 on `items`."),
+                "401": _E401, "405": _E405, "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"),
             },
         }},
@@ -382,7 +460,8 @@ def _paths(s: Settings) -> dict:
             "requestBody": {"required": False, "content": _json(_ref("CreateSessionRequest"))},
             "responses": {
                 "201": {**_ok("Created.", _json(_ref("Session")),
-                              headers={"Location": _header("Location")}), "links": session_links},
+                              headers={"Location": _header("Location"), "ETag": _header("ETag")}),
+                        "links": session_links},
                 "400": _e400(), "401": _E401, "404": _e404("unknown_model"), "405": _E405, "413": _E413,
                 "415": _E415, "503": _e503("state_store_unavailable"),
             },
@@ -392,7 +471,8 @@ def _paths(s: Settings) -> dict:
                 "operationId": "getSession", "tags": ["sessions"],
                 "summary": "A session's model, tokens consumed and expiry (slides the expiry)",
                 "parameters": [session_id],
-                "responses": {"200": _ok("The session.", _json(_ref("Session"))), "401": _E401,
+                "responses": {"200": _ok("The session.", _json(_ref("Session")), headers={"ETag": _header("ETag")}),
+                              "401": _E401,
                               "404": _e404("session_not_found", "not_found"), "405": _E405,
                               "503": _e503("state_store_unavailable")},
             },
@@ -411,12 +491,15 @@ def _paths(s: Settings) -> dict:
                 "With `Accept: text/event-stream`: one `event: token` per sampled word (data: TokenEvent), "
                 "then `event: done` (data: Generation without `token_details`); a failure mid-stream is an "
                 "`event: error` whose data is an Error. Otherwise the same generation drained into one JSON "
-                "response. The session ends holding the prompt and every emitted token, written once; a client "
-                "that disconnects keeps what was emitted until then."),
-            "parameters": [session_id],
+                "response. A generation is atomic: the session is written once, when it has ended by itself and "
+                "every token was handed to the connection, holding the prompt and every token; `done` shows the "
+                "session as written. A generation that fails or whose client goes away writes nothing, not even "
+                "its prompt; sent again (same seed), it gives the same tokens. With `If-Match`, a session that "
+                "is no longer at that version is a 412 before anything is sampled."),
+            "parameters": [session_id, if_match],
             "requestBody": {"required": True, "content": _json(_ref("GenerateRequest"))},
             "responses": {
-                "200": _ok("The generation.", {
+                "200": _ok("The generation (JSON: `ETag` is the session's version after it).", {
                     _MIME_JSON: {"schema": _ref("Generation")},
                     _MIME_SSE: {"schema": {"type": "string", "description": (
                         "`event: token` / `data: {\"index\",\"id\",\"word\",\"probability\"}` per word, then "
@@ -425,7 +508,7 @@ def _paths(s: Settings) -> dict:
                 }),
                 "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped."),
                 "401": _E401, "404": _e404("session_not_found", "not_found"), "405": _E405, "409": _e409(),
-                "413": _E413, "415": _E415, "429": _e429(),
+                "412": _e412(), "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"),
             },
         }},
@@ -490,6 +573,8 @@ def spec(settings: Settings | None = None) -> dict:
                             "schema": {"type": "string", "const": "float32-le"}},
                 "X-Session-Tokens": {"description": "With a session: tokens it has consumed after this request.",
                                      "schema": {"type": "integer", "minimum": 0}},
+                "ETag": {"description": "With a session: its version after this request, quoted (send it back in "
+                                        "If-Match).", "schema": {"type": "string"}},
                 "Location": {"description": "The new session's URL.", "required": True,
                              "schema": {"type": "string"}},
                 "Retry-After": {"description": "Seconds to wait before retrying.", "required": True,

@@ -28,16 +28,14 @@ def predict():
     binary = _wants_binary()
     settings, engine = services().settings, services().engine
     body = json_body({"text", "model", "top_k", "session_id", "scores"})
-    text = string(body, "text", required=True, max_length=settings.max_body_bytes)
+    text = string(body, "text", required=True, max_length=settings.max_body_bytes, words=True)
     model = string(body, "model", max_length=200)
     k = integer(body, "top_k", 10, 1, settings.max_top_k)
     session_id = string(body, "session_id", max_length=200)
     scores = boolean(body, "scores", False)
-    version = if_match(request.headers.get("If-Match"))
-    if version is not None and session_id is None:
-        raise InvalidInput("If-Match applies to a session: send `session_id` too", field="If-Match")
+    version = if_match(request.headers.get("If-Match"))  # checked always, meaningful with a session only
     result = engine.predict(text, model=model, session_id=session_id, owner=g.owner, scores=scores,
-                            if_version=version)
+                            if_version=version if session_id is not None else None)
     g.log.update(model=result.model, tokens=len(result.reading.tokens))
     headers = {"X-Model": result.model}
     if result.session is not None:
@@ -62,18 +60,17 @@ def predict_batch():
     if len(raw) > settings.max_batch_items:
         raise InvalidInput(f"`items` has {len(raw)} items; the limit is {settings.max_batch_items} "
                            "(NEXTWORD_MAX_BATCH_ITEMS)", field="items")
-    items, ks = [], []
-    for n, item in enumerate(raw):
+    items = []
+    for n, item in enumerate(raw):  # a malformed item makes the request malformed: 400 naming it
         try:
             items.append(_batch_item(item, settings))
-            ks.append(items[-1].top_k)
-        except ServiceError as e:
+        except InvalidInput as e:
             e.field = f"items[{n}]" + (f".{e.field}" if e.field else "")
-            items.append(e)
-            ks.append(0)
+            e.message = f"items[{n}]: {e.message}"
+            raise
     results = engine.predict_batch(items, g.owner)
-    out = [error_item(r) if isinstance(r, ServiceError) else prediction_view(r, engine.model(r.model).bundle.words, k)
-           for r, k in zip(results, ks)]
+    out = [error_item(r) if isinstance(r, ServiceError) else
+           prediction_view(r, engine.model(r.model).bundle.words, item.top_k) for r, item in zip(results, items)]
     g.log.update(items=len(items), failed=sum(isinstance(r, ServiceError) for r in results))
     return jsonify({"results": out})
 
@@ -86,10 +83,9 @@ def _batch_item(item, settings) -> BatchItem:
             raise InvalidInput(f"unknown field `{name}`; allowed: {', '.join(sorted(_ITEM_FIELDS))}", field=name)
     session_id = string(item, "session_id", max_length=200)
     version = integer(item, "if_version", None, 0, 2**62)
-    if version is not None and session_id is None:
-        raise InvalidInput("`if_version` applies to a session: send `session_id` too", field="if_version")
-    return BatchItem(text=string(item, "text", required=True, max_length=settings.max_body_bytes),
-                     session_id=session_id, model=string(item, "model", max_length=200), if_version=version,
+    return BatchItem(text=string(item, "text", required=True, max_length=settings.max_body_bytes, words=True),
+                     session_id=session_id, model=string(item, "model", max_length=200),
+                     if_version=version if session_id is not None else None,
                      top_k=integer(item, "top_k", 10, 1, settings.max_top_k))
 
 

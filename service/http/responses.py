@@ -6,6 +6,7 @@ insides.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from flask import Response, jsonify
@@ -16,6 +17,7 @@ from service.sampling import top_k
 from service.state import SessionRecord
 
 SSE = "text/event-stream"
+_IF_MATCH = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})')
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
 
 
@@ -52,17 +54,14 @@ def etag(version: int) -> str:
 
 
 def if_match(header: str | None) -> int | None:
-    """The version an If-Match header names (a quoted integer, as ETag sends it; `*` or none: no precondition)."""
-    if header is None or header.strip() == "*":
+    """The version an If-Match header names: a session's ETag (a quoted integer; bare digits are taken too). `*` or
+    no header: no precondition."""
+    if header is None or header == "*":
         return None
-    value = header.strip()
-    if value.startswith("W/"):
-        raise InvalidInput("If-Match must be a strong ETag such as \"7\" (a session's version)", field="If-Match")
-    value = value.strip('"')
-    if not value.isdigit() or len(value) > 18:
-        raise InvalidInput("If-Match must be a session's ETag, a quoted version number such as \"7\"",
-                           field="If-Match")
-    return int(value)
+    match = _IF_MATCH.fullmatch(header)
+    if match is None:
+        raise InvalidInput('If-Match must be a session\'s ETag, a quoted version number such as "7"', field="If-Match")
+    return int(match.group(1) or match.group(2))
 
 
 def session_view(record: SessionRecord) -> dict:

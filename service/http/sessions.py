@@ -78,7 +78,7 @@ def generate(session_id: str):
     settings = services().settings
     stream = request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
     body = json_body({"text", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop"})
-    prompt = string(body, "text", max_length=settings.max_body_bytes)
+    prompt = string(body, "text", max_length=settings.max_body_bytes, words=True)
     max_tokens = integer(body, "max_tokens", min(32, settings.max_generate_tokens), 1, settings.max_generate_tokens,
                          " (NEXTWORD_MAX_GENERATE_TOKENS)")
     params = SamplingParams(

@@ -8,6 +8,7 @@ import math
 from flask import request
 
 from service.errors import InvalidInput, InvalidJSON, UnsupportedMediaType
+from service.tokenizer import has_word
 
 _MISSING = object()
 
@@ -37,7 +38,8 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def string(body: dict, name: str, required: bool = False, max_length: int = 1 << 20):
+def string(body: dict, name: str, required: bool = False, max_length: int = 1 << 20, words: bool = False):
+    """A string field: not blank, no NUL, at most max_length; with `words`, holding at least one word."""
     value = body.get(name, _MISSING)
     if value is _MISSING or value is None:
         if required:
@@ -51,6 +53,8 @@ def string(body: dict, name: str, required: bool = False, max_length: int = 1 <<
         raise InvalidInput(f"`{name}` is longer than {max_length} characters", field=name)
     if "\x00" in value:
         raise InvalidInput(f"`{name}` contains a NUL character", field=name)
+    if words and not has_word(value):
+        raise InvalidInput(f"`{name}` has no words", field=name)
     return value
 
 
