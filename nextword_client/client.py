@@ -51,12 +51,12 @@ class Generation:
 
     The request is sent when iteration starts. An `event: error` raises its typed `APIError`; a
     stream that ends without `done` raises `StreamInterrupted`. Breaking out of the loop (or
-    `close()`) drops the connection, which the service treats as a disconnect (README: "What a
-    generation commits").
+    `close()`) drops the connection, which the service treats as a disconnect: nothing of the generation
+    is kept (README: "What a generation commits").
     """
 
-    def __init__(self, http: httpx.Client, session_id: str, body: dict):
-        self._http, self.session_id, self._body = http, session_id, body
+    def __init__(self, http: httpx.Client, session_id: str, body: dict, headers: dict | None = None):
+        self._http, self.session_id, self._body, self._headers = http, session_id, body, headers or {}
         self.tokens: list[Token] = []  # every token received so far
         self.result: dict | None = None  # the done event's data, once it came
         self._events: Iterator[Token] | None = None
@@ -80,7 +80,7 @@ class Generation:
     def _stream(self) -> Iterator[Token]:
         path = f"/sessions/{self.session_id}/generate"
         try:
-            with self._http.stream("POST", path, json=self._body, headers={"Accept": SSE}) as response:
+            with self._http.stream("POST", path, json=self._body, headers={"Accept": SSE, **self._headers}) as response:
                 if response.status_code != 200:
                     response.read()
                     raise _error(response)
@@ -125,9 +125,9 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+    def _call(self, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, json=body, headers=headers)
         except httpx.TransportError as e:
             raise TransportError(f"{method} {self.base_url}{path}: {e or type(e).__name__}") from e
         if response.status_code >= 400:
@@ -137,12 +137,13 @@ class Client:
     # --- prediction ------------------------------------------------------------------------------
 
     def predict(self, text: str, model: str | None = None, top_k: int | None = None,
-                session_id: str | None = None, scores: bool | None = None) -> dict:
+                session_id: str | None = None, scores: bool | None = None, if_version: int | None = None) -> dict:
         """POST /predict: `{"model", "predictions": [{"word", "id", "probability"}], "tokens", "unknown"}`,
         plus `session` with a session, and `scores` (each token's probability given what came before it)
-        when asked for."""
+        when asked for. `if_version` (sent as If-Match): write only if the session is still at that version,
+        else `PreconditionFailed` with nothing written, so a retry never applies a text twice."""
         body = _fields(text=text, model=model, top_k=top_k, session_id=session_id, scores=scores)
-        return self._call("POST", "/predict", body).json()
+        return self._call("POST", "/predict", body, _if_match(if_version)).json()
 
     def predict_batch(self, items: list[dict]) -> list[dict | APIError]:
         """POST /predict/batch: one answer per item, in order. Each item is a `predict` call's fields
@@ -172,15 +173,20 @@ class Client:
 
     def generate(self, session_id: str, text: str | None = None, max_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None, stop: list[str] | None = None) -> Generation:
+                 seed: int | None = None, stop: list[str] | None = None,
+                 if_version: int | None = None) -> Generation:
         """POST /sessions/<id>/generate as a stream: iterate the result for `Token`s as they are sampled.
 
-        `text` is fed to the session first. Fields left as None take the service's defaults. The
-        generated tokens become part of the session (see `Generation` and `StreamInterrupted` for
-        what a cut stream leaves)."""
+        `text` is fed to the session first. Fields left as None take the service's defaults. A generation
+        that ends (`done`) becomes part of the session; a cut one leaves it unchanged (see
+        `StreamInterrupted`). `if_version` as in `predict`."""
         body = _fields(text=text, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        seed=seed, stop=stop)
-        return Generation(self._http, session_id, body)
+        return Generation(self._http, session_id, body, _if_match(if_version))
+
+
+def _if_match(version: int | None) -> dict:
+    return {} if version is None else {"If-Match": f'"{version}"'}
 
 
 def _fields(**values) -> dict:

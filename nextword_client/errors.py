@@ -45,11 +45,11 @@ class TransportError(NextwordError):
 class StreamInterrupted(NextwordError):
     """A generation stream ended before its `done` event (connection lost, server gone).
 
-    `tokens` are the tokens received before the cut. What the session holds now is the README's
-    commit rule ("What a generation commits"): the prompt plus at least these tokens and at most the
-    one or two that were in flight, once the server has noticed the disconnect, or nothing of the
-    generation if the server itself died. Re-read it with `Client.get_session`; never replay the
-    request blindly, since it would continue after whatever was committed.
+    `tokens` are the tokens received before the cut. By the README's commit rule ("What a generation
+    commits") a generation is atomic: a cut stream wrote nothing, unless the generation had already ended
+    and committed in the instant before the cut. So send the same request again with `if_version` set to the
+    session's version before it: the same seed gives the same tokens, and a generation that did commit
+    makes the retry `PreconditionFailed` instead of applying it twice.
     """
 
     def __init__(self, message: str, session_id: str, tokens: list):

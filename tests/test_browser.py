@@ -16,18 +16,8 @@ ORIGIN = "http://app.example:3000"
 
 
 @pytest.fixture
-def make_client(make_settings):
-    apps = []
-
-    def make(**overrides):
-        app = create_app(make_settings(**overrides))
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        for runtime in app.extensions["nextword"].engine.runtimes.values():
-            runtime.close()
+def make_client(make_app):
+    return lambda **overrides: make_app(**overrides).test_client()
 
 
 def _outside_urls(text: str) -> list[str]:

@@ -9,13 +9,14 @@ enough to be cut in the middle.
 from __future__ import annotations
 
 import signal
+import time
 import os
 
 import pytest
 import requests
 
 import nextword_client
-from nextword_client import (APIError, Client, InvalidInput, SessionNotFound, StreamInterrupted, Token,
+from nextword_client import (APIError, Client, InvalidInput, PreconditionFailed, SessionNotFound, StreamInterrupted, Token,
                              TransportError, Unauthorized, UnknownModel)
 from service.errors import ERROR_TYPES
 from tests.servers import ServiceProcess, free_port, wait_for
@@ -119,16 +120,22 @@ def test_a_bad_generate_field_is_invalid_input_before_any_token(nw):
     assert caught.value.field == "max_tokens"
 
 
-def test_leaving_a_stream_early_commits_what_was_received(nw, service, client):
-    """Breaking out of the loop drops the connection; the session then holds the prompt and at least
-    the tokens received, and not the whole generation (README: "What a generation commits")."""
+def test_leaving_a_stream_early_commits_nothing_and_a_guarded_retry_is_exactly_once(nw, service, client):
+    """Breaking out of the loop drops the connection: the session is unchanged (README: "What a
+    generation commits"). Sent again with if_version, the same seed gives the same tokens, once."""
     seed, drained = long_seed(client, LONG)
     sid = nw.create_session()["session_id"]
     with nw.generate(sid, PROMPT, max_tokens=LONG, seed=seed) as generation:
         received = [t.word for _, t in zip(range(3), generation)]
     assert received == [d["word"] for d in drained["token_details"][:3]]
-    info = wait_for(lambda: (lambda i: i if i["version"] == 1 else None)(nw.get_session(sid)), what="the commit")
-    assert 2 + 3 <= info["tokens"] < 2 + LONG
+    time.sleep((LONG + 4) * PACE_MS / 1000)  # past the moment the generation would have ended by itself
+    assert nw.get_session(sid)["version"] == 0
+    again = nw.generate(sid, PROMPT, max_tokens=LONG, seed=seed, if_version=0)
+    assert [t.word for t in again] == [d["word"] for d in drained["token_details"]]
+    assert again.result["session"]["version"] == 1
+    with pytest.raises(PreconditionFailed):  # the same retry once more: it was applied, so it is refused
+        list(nw.generate(sid, PROMPT, max_tokens=LONG, seed=seed, if_version=0))
+    assert nw.get_session(sid)["tokens"] == 2 + LONG
 
 
 def test_a_server_dying_mid_stream_raises_stream_interrupted(models_dir, redis_url, tmp_path, client):
