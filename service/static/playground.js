@@ -134,7 +134,7 @@
 
   function showSurprise() {
     ui.surprise.replaceChildren(...state.scored.map((t) => {
-      if (t.word === "<eos>") return document.createElement("br");
+      if (t.word === "<eos>") return Object.assign(document.createElement("div"), {className: "break"});
       const span = Object.assign(document.createElement("span"), {textContent: t.word});
       if (t.probability !== undefined) {
         span.style.background = colour(t.probability);
@@ -200,48 +200,54 @@
 
   // Feeds the session the words finished since the last feed (text up to the last whitespace).
   function feedSession() {
-    if (state.feeding) return state.feeding;  // it calls back here when done if the text moved on
-    state.feeding = (async () => {
-      const seq = ++state.seq;
-      const epoch = state.epoch;
-      const text = ui.text.value;
-      try {
-        if (!state.session || !text.startsWith(state.fed)) await newSession();  // edited before the end
-        const session = state.session;
-        const pending = text.slice(state.fed.length);
-        const finished = pending.slice(0, Math.max(pending.search(/\s\S*$/), -1) + 1);
-        if (!finished.trim()) {
-          if (!text.trim()) clearPrediction();
-          setStatus(text.trim() ? "session: a word is fed once you finish it (space)" : "");
-          return;
-        }
-        const started = performance.now();
-        const answer = await predict({text: finished, session_id: session.id, top_k: TOP_K});
-        if (state.session !== session) return;  // the model or mode changed meanwhile: a new session follows
-        state.fed += finished;  // the session has read it, whatever the page shows next
-        state.scored.push(...scoredOf(answer));
-        if (seq === state.seq) {
-          showBars(answer.predictions);
-          showSurprise();
-          setStatus(`session ${session.id.slice(0, 8)}… has read ${answer.session.tokens} tokens · ` +
-                    `${Math.round(performance.now() - started)} ms for the last ${answer.tokens.length}`);
-        }
-      } catch (e) {
-        if (e instanceof ApiError && e.code === "session_not_found") state.session = null;  // expired: start over
-        if (seq === state.seq) showError(e);
-      } finally {
-        state.feeding = null;
-        if ((ui.text.value !== text || epoch !== state.epoch) && !state.streaming) schedule(0);
-      }
-    })();
+    // One feed at a time; the one in flight calls back here when done if the text moved on.
+    if (!state.feeding) state.feeding = feedOnce().finally(() => { state.feeding = null; });
     return state.feeding;
+  }
+
+  async function feedOnce() {
+    const seq = ++state.seq;
+    const epoch = state.epoch;
+    const text = ui.text.value;
+    try {
+      if (!state.session || !text.startsWith(state.fed)) await newSession();  // edited before the end
+      const session = state.session;
+      const pending = text.slice(state.fed.length);
+      const finished = pending.slice(0, Math.max(pending.search(/\s\S*$/), -1) + 1);
+      if (!finished.trim()) {
+        if (!text.trim()) {
+          clearPrediction();
+          setStatus("");
+        } else if (pending.trim() && !ui.bars.children.length) {
+          setStatus("session: a word is fed once you finish it (space)");
+        }
+        return;
+      }
+      const started = performance.now();
+      const answer = await predict({text: finished, session_id: session.id, top_k: TOP_K});
+      if (state.session !== session) return;  // the model or mode changed meanwhile: a new session follows
+      state.fed += finished;  // the session has read it, whatever the page shows next
+      state.scored.push(...scoredOf(answer));
+      if (seq === state.seq) {
+        showBars(answer.predictions);
+        showSurprise();
+        setStatus(`session ${session.id.slice(0, 8)}… has read ${answer.session.tokens} tokens · ` +
+                  `${Math.round(performance.now() - started)} ms for the last ${answer.tokens.length}`);
+      }
+    } catch (e) {
+      if (e instanceof ApiError && e.code === "session_not_found") state.session = null;  // expired: start over
+      if (seq === state.seq) showError(e);
+    } finally {
+      if ((ui.text.value !== text || epoch !== state.epoch) && !state.streaming) schedule(0);
+    }
   }
 
   function accept(word) {
     let text = ui.text.value;
     if (ui.sessionMode.checked) text = text.replace(/\S+$/, "");  // the bars follow the last finished word
-    else if (text && !/\s$/.test(text)) text += " ";
-    ui.text.value = text + (word === "<eos>" ? "\n" : `${word} `);
+    if (word === "<eos>") text = text.replace(/[ \t]+$/, "") + "\n";
+    else text += `${text && !/\s$/.test(text) ? " " : ""}${word} `;
+    ui.text.value = text;
     ui.text.focus();
     schedule(0);
   }

@@ -1,0 +1,206 @@
+"""The playground page at `/`, driven in real headless Chromium (the system's /usr/bin/chromium through
+Playwright; nothing is downloaded) against the real service under gunicorn with the tiny bundles:
+typing shows the suggestions the API returns for the text as typed, clicking one accepts it, a
+continuation streams token by token, session mode feeds words one step at a time, and the page logs
+no console error. Typing is at one key per 100 ms on a service paced to 20 ms per model step, so
+requests overlap and a stale answer would show if the page let one through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.servers import ServiceProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="needs the system Chromium at /usr/bin/chromium (`apt-get install chromium`; "
+                                       ".ci/run installs it)")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+KEY_DELAY_MS = 100  # one keystroke every 100 ms
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def service(models_dir, redis_server, tmp_path_factory):
+    proc = ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("playground"), workers=1,
+                          NEXTWORD_BATCH_WAIT_MS="20")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, service):
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    # A request the page cancels itself (a stale prediction, a stopped stream) fails as ERR_ABORTED by design.
+    page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url} {request.failure}")
+            if "ERR_ABORTED" not in (request.failure or "") else None)
+    page.goto(service.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.problems = problems
+    yield page
+    context.close()
+
+
+def scores_served(service) -> bool:
+    """Whether this build's /predict takes `scores` (added on the lead's branch; the page reads the same)."""
+    spec = requests.get(service.url + "/openapi.json", timeout=30).json()
+    return "scores" in spec["components"]["schemas"]["PredictRequest"]["properties"]
+
+
+def api_predict(service, text: str) -> dict:
+    body = {"text": text, "top_k": 10}
+    if scores_served(service):
+        body["scores"] = True
+    response = requests.post(service.url + "/predict", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def shown_words(page) -> list[str]:
+    return page.eval_on_selector_all("#bars button", "buttons => buttons.map(b => b.dataset.word)")
+
+
+def wait_for_bars(page, words: list[str]) -> None:
+    page.wait_for_function("words => JSON.stringify([...document.querySelectorAll('#bars button')]"
+                           ".map(b => b.dataset.word)) === JSON.stringify(words)", arg=words)
+
+
+def type_slowly(page, text: str) -> None:
+    page.locator("#text").press_sequentially(text, delay=KEY_DELAY_MS)
+
+
+def watch_status(page) -> None:
+    """From now on, window.statusLines collects every text the status line shows."""
+    page.evaluate("""() => {
+        window.statusLines = [];
+        new MutationObserver(() => window.statusLines.push(document.getElementById('status').textContent))
+            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+    }""")
+
+
+def stream(page, max_tokens: int) -> list[str]:
+    """Clicks "Stream a continuation" and returns every status line the page showed until it ended."""
+    watch_status(page)
+    page.fill("#max-tokens", str(max_tokens))
+    page.click("#generate")
+    page.wait_for_function("window.statusLines.some(line => line.includes('finish:'))")
+    return page.evaluate("window.statusLines")
+
+
+def test_type_see_suggestions_accept_one_and_stream(page, service):
+    models = requests.get(service.url + "/models", timeout=30).json()
+    assert page.input_value("#model") == models["default"]
+    assert sorted(page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")) == sorted(
+        m["name"] for m in models["models"])
+
+    type_slowly(page, "the cat eats")
+    expected = api_predict(service, "the cat eats")
+    wait_for_bars(page, [p["word"] for p in expected["predictions"]])
+    # each typed word coloured by its probability, the numbers the API gives
+    titles = page.eval_on_selector_all("#surprise span", "spans => spans.map(s => [s.textContent, s.title])")
+    assert [word for word, _ in titles] == expected["tokens"]
+    if scores_served(service):
+        for (word, title), score in zip(titles, expected["scores"], strict=True):
+            assert score["word"] == word and title.startswith("p = "), title
+            assert float(title.split()[2]) == pytest.approx(score["probability"], rel=5e-3)
+
+    # the second word that is not the end of the line: a real choice, and a word to continue from
+    word = [w for w in shown_words(page) if w != "<eos>"][1]
+    page.click(f"#bars button[data-word='{word}']")
+    accepted = f"the cat eats {word} "
+    assert page.input_value("#text") == accepted
+    wait_for_bars(page, [p["word"] for p in api_predict(service, accepted)["predictions"]])
+
+    page.fill("#temperature", "0.5")
+    lines = stream(page, 6)
+    streamed = [line for line in lines if line.startswith("streaming: ")]
+    final = page.input_value("#text")
+    done = [line for line in lines if "finish:" in line]
+    assert len(done) == 1, lines
+    count = int(done[0].split()[0])
+    # the text grew token by token: one status line per token as it arrived, before the done line
+    assert streamed == [f"streaming: {i} tokens" for i in range(1, count + 1)], lines
+    assert final.startswith(accepted.rstrip()) and len(final) > len(accepted.rstrip())
+    # and the suggestions follow the continued text
+    wait_for_bars(page, [p["word"] for p in api_predict(service, final)["predictions"]])
+    assert page.problems == []
+
+
+def test_session_mode_feeds_each_finished_word_once(page, service):
+    page.check("#session-mode")
+    type_slowly(page, "a dog barks ")
+    expected = api_predict(service, "a dog barks")
+    wait_for_bars(page, [p["word"] for p in expected["predictions"]])  # a session gives the stateless answer
+    page.wait_for_function("document.getElementById('status').textContent.includes('has read 3 tokens')")
+    assert page.eval_on_selector_all("#surprise span", "s => s.map(x => x.textContent)") == expected["tokens"]
+
+    # an edit before the end starts a new session that reads the whole text once
+    page.fill("#text", "")
+    type_slowly(page, "the bird sings ")
+    page.wait_for_function("document.getElementById('status').textContent.includes('has read 3 tokens')")
+    wait_for_bars(page, [p["word"] for p in api_predict(service, "the bird sings")["predictions"]])
+
+    stream(page, 4)
+    assert page.input_value("#text").startswith("the bird sings ")
+    type_slowly(page, "today ")  # the session continues after the generated words
+    page.wait_for_function("!document.getElementById('status').textContent.includes('finish:')")
+    assert "has read" in page.text_content("#status"), page.text_content("#status")
+    assert page.problems == []
+
+
+@pytest.fixture
+def slow_page(browser, models_dir, redis_server, tmp_path):
+    """The page on a service whose every model step takes 800 ms: a stream is still running when Stop is clicked,
+    even on a loaded machine (the line it writes takes a few more tokens to end)."""
+    proc = ServiceProcess(models_dir, redis_server.url, tmp_path / "slow", workers=1, NEXTWORD_BATCH_WAIT_MS="800")
+    proc.start()
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    page.goto(proc.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.problems = problems
+    yield page, proc
+    context.close()
+    proc.stop()
+
+
+def test_stop_ends_a_stream_and_the_page_recovers(slow_page):
+    page, service = slow_page
+    page.fill("#text", "my friend ")  # a verb and an object follow: the line does not end for a few tokens
+    page.fill("#max-tokens", "50")
+    watch_status(page)
+    page.click("#generate")
+    page.wait_for_function("window.statusLines.includes('streaming: 1 tokens')")
+    page.click("#stop")
+    page.wait_for_function("window.statusLines.includes('stopped')")
+    assert not any("finish:" in line for line in page.evaluate("window.statusLines"))
+    assert page.is_enabled("#generate") and not page.is_enabled("#stop")
+    text = page.input_value("#text")
+    assert text.startswith("my friend ") and len(text.split()) >= 3  # the token received stays
+    wait_for_bars(page, [p["word"] for p in api_predict(service, text)["predictions"]])
+    assert page.problems == []
