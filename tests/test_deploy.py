@@ -717,9 +717,10 @@ def test_nginx_accepts_the_proxy_config(tmp_path):
     nginx = shutil.which("nginx")
     if nginx is None:
         pytest.skip("nginx not on PATH (Debian package `nginx`): the proxy config's syntax is not checked")
-    # `nextword` resolves only inside compose; everything else is the file as shipped
+    # `nextword` resolves only inside compose, and Debian's nginx 1.22 predates `resolve`;
+    # everything else is the file as shipped
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.read_text(encoding="utf-8").replace(f"server nextword:{PORT};",
+    conf.write_text(NGINX_CONF.read_text(encoding="utf-8").replace(f"server nextword:{PORT} resolve;",
                                                                       f"server 127.0.0.1:{PORT};"))
     result = _run(nginx, "-t", "-q", "-c", str(conf), "-e", str(tmp_path / "error.log"))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -45,8 +45,9 @@ def proxy(service, tmp_path_factory):
     port = free_port()
     text = CONF.read_text(encoding="utf-8")
     assert f"client_header_timeout {HEADER_TIMEOUT_S}s;" in text
-    # The shipped file, pointed at this test's service and port, its writable paths in workdir.
-    for old, new in (("server nextword:8000;", f"server 127.0.0.1:{service.port};"),
+    # The shipped file, pointed at this test's service and port (a fixed address: Debian's nginx 1.22
+    # predates `resolve`), its writable paths in workdir.
+    for old, new in (("server nextword:8000 resolve;", f"server 127.0.0.1:{service.port};"),
                      ("listen 8080;", f"listen 127.0.0.1:{port};"), ("/tmp/", f"{workdir}/")):
         assert old in text, old
         text = text.replace(old, new)
@@ -103,7 +104,7 @@ def test_unreachable_service_is_a_json_503(proxy, tmp_path):
     nginx = shutil.which("nginx")
     port, dead = free_port(), free_port()
     text = CONF.read_text(encoding="utf-8")
-    for old, new in (("server nextword:8000;", f"server 127.0.0.1:{dead};"),
+    for old, new in (("server nextword:8000 resolve;", f"server 127.0.0.1:{dead};"),
                      ("listen 8080;", f"listen 127.0.0.1:{port};"), ("/tmp/", f"{tmp_path}/")):
         text = text.replace(old, new)
     if os.geteuid() == 0:
