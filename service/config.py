@@ -1,7 +1,9 @@
 """Every setting of the service, read from the environment in one place. Knows nothing else.
 
-Nothing outside this module reads `os.environ` (the launcher in `__main__` only writes the
-variables gunicorn and prometheus_client need before they start).
+No other module reads a setting from `os.environ`. One variable is read elsewhere, by design:
+PROMETHEUS_MULTIPROC_DIR, which the launcher in `__main__` sets before Python starts; prometheus_client
+reads it when metrics are declared, and `service/metrics.py` checks it to know whether a scrape must sum
+the workers' files.
 """
 
 from __future__ import annotations

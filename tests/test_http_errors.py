@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -222,31 +223,34 @@ def test_too_many_streams_is_429(make_settings):
         app.extensions["nextword"].engine.close()
 
 
-def test_lost_races_without_retries_are_409_and_never_lost_writes(make_settings):
+def test_lost_races_without_retries_are_409_and_never_lost_writes(make_app, monkeypatch):
     """With no CAS re-runs, racing steps either win (200) or get 409 session_conflict; the session
-    counts exactly the winners' tokens."""
-    from service.http.app import create_app
+    counts exactly the winners' tokens. The race is made certain: the model call is held until all
+    twelve requests have read the session and queued their step, so all twelve write against one
+    version and exactly one can win."""
+    app = make_app(cas_retries=0)
+    sid = app.test_client().post("/sessions").json["session_id"]
+    scheduler = app.extensions["nextword"].engine.model(None)
+    real, held = scheduler.runtime.run, threading.Event()
 
-    app = create_app(make_settings(cas_retries=0))
-    try:
-        sid = app.test_client().post("/sessions").json["session_id"]
-        start = threading.Barrier(12)
+    def run(tokens, states, with_log_probs=True):
+        if not held.is_set():
+            held.set()
+            deadline = time.monotonic() + 10
+            while scheduler._queue.qsize() < 11 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return real(tokens, states, with_log_probs)
 
-        def one(_):
-            client = app.test_client()
-            start.wait()
-            return client.post("/predict", json={"text": "cat", "session_id": sid})
-
-        with ThreadPoolExecutor(12) as pool:
-            answers = list(pool.map(one, range(12)))
-        won = [r for r in answers if r.status_code == 200]
-        for r in answers:
-            if r.status_code != 200:
-                assert_error(r, 409, "session_conflict", "session_id")
-        assert won
-        assert app.test_client().get(f"/sessions/{sid}").json["tokens"] == len(won)
-    finally:
-        app.extensions["nextword"].engine.close()
+    monkeypatch.setattr(scheduler.runtime, "run", run)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: app.test_client().post("/predict", json={"text": "cat", "session_id": sid}),
+                                range(12)))
+    won = [r for r in answers if r.status_code == 200]
+    for r in answers:
+        if r.status_code != 200:
+            assert_error(r, 409, "session_conflict", "session_id")
+    assert len(won) == 1
+    assert app.test_client().get(f"/sessions/{sid}").json["tokens"] == 1
 
 
 def test_unexpected_errors_are_json_500_without_a_traceback(app):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -157,14 +159,29 @@ def test_unknown_model_endpoints(client, path):
     assert r.json["error"]["code"] == "unknown_model"
 
 
-def test_batched_predictions_equal_single_ones(app):
+def test_batched_predictions_equal_single_ones(app, monkeypatch):
     """Concurrent requests share onnxruntime batches; each row must equal the same request run alone."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     client = app.test_client()
-    texts = ["the cat", "a dog barks", "my friend reads books", "the", "our teacher explains lessons today"] * 4
+    texts = ["the cat", "a dog", "my friend", "the", "our teacher"] * 4  # two lengths: 1 and 2 tokens
     alone = {t: distribution(client, {"text": t})[0] for t in set(texts)}
-    with ThreadPoolExecutor(8) as pool:
+    scheduler = app.extensions["nextword"].engine.model(None)
+    real, rows, first = scheduler.runtime.run, [], threading.Event()
+
+    def run(tokens, states, with_log_probs=True):
+        if not first.is_set():  # hold the first call until every other request has queued its step
+            first.set()
+            deadline = time.monotonic() + 10
+            while scheduler._queue.qsize() < len(texts) - 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        rows.append(tokens.shape[0])
+        return real(tokens, states, with_log_probs)
+
+    monkeypatch.setattr(scheduler.runtime, "run", run)
+    with ThreadPoolExecutor(len(texts)) as pool:
         together = list(pool.map(lambda t: distribution(app.test_client(), {"text": t})[0], texts))
+    assert max(rows) >= 8, rows  # they did share calls
     for text, probs in zip(texts, together):
         assert np.abs(probs - alone[text]).max() <= 1e-5
