@@ -1,4 +1,5 @@
-"""Command line: `python -m training {train,export,evaluate,compact}`. Errors end in one line and exit 2.
+"""Command line: `python -m training {train,export,evaluate,compact,longrange,plot-context}`. Errors end in one line
+and exit 2.
 
 The `train` options are derived from the fields of ModelConfig and TrainConfig (their defaults,
 choices and help live there); an architecture's recipe (training.config.RECIPES) fills what the command
@@ -97,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder for checkpoint.pt or checkpoint.pt.part-NN")
     c.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     c.add_argument("--part-mib", type=float, default=15.0, help="largest part, in MiB")
+
+    from training import longrange, plots
+
+    longrange.add_parser(sub)  # each sets `run`: args -> result dict
+    plots.add_parser(sub)
     return p
 
 
@@ -136,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.errors import TrainingError
 
     try:
-        if args.cmd == "evaluate":
+        if hasattr(args, "run"):
+            result = args.run(args, _command(argv))
+        elif args.cmd == "evaluate":
             from training.evaluate import evaluate_file
 
             if args.context_window < 0:  # --batch-size is checked where the streams are cut (batchify)
