@@ -99,14 +99,14 @@ def test_wilson_interval():
 def _tiny(tmp_path: Path, out: str = "out", **overrides) -> LongRangeConfig:
     cfg = LongRangeConfig(data=str(_write_corpus(tmp_path / "corpus")), out=str(tmp_path / out), max_gap=12,
                           eval_gaps=[0, 4, 12], vocab_size=200, embedding_size=8, hidden_size=8, batch_size=4,
-                          steps=6, eval_examples=10, seed=7, threads=1)
+                          steps=6, eval_examples=10, seeds=[7], threads=1)
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
 
 
 def test_a_tiny_run_writes_the_figure_and_the_numbers(tmp_path):
-    cfg = _tiny(tmp_path)
+    cfg = _tiny(tmp_path, seeds=[7, 8])
     result = run(cfg, log=lambda line: None)
     out = Path(cfg.out)
     png = (out / "longrange.png").read_bytes()
@@ -117,27 +117,32 @@ def test_a_tiny_run_writes_the_figure_and_the_numbers(tmp_path):
     assert sorted(data["models"]) == ["lstm", "rnn_tanh"]
     for arch, m in data["models"].items():
         assert [r["gap"] for r in m["accuracy_by_gap"]] == [0, 4, 12]
+        assert [run["seed"] for run in m["runs"]] == [7, 8]
         for r in m["accuracy_by_gap"]:
-            assert r["examples"] == 10 and r["ci95_low"] <= r["accuracy"] <= r["ci95_high"]
-            assert r["accuracy"] * 10 == pytest.approx(round(r["accuracy"] * 10))  # a count out of 10
-        assert m["curve"][-1]["step"] == 6 and m["recurrent_parameters"] < m["parameters"]
+            assert r["examples"] == 20 and r["ci95_low"] <= r["accuracy"] <= r["ci95_high"]
+            assert r["accuracy"] * 20 == pytest.approx(round(r["accuracy"] * 20))  # a count out of 2 x 10
+        for pooled, *per_seed in zip(m["accuracy_by_gap"], *(run["accuracy_by_gap"] for run in m["runs"])):
+            assert pooled["accuracy"] == pytest.approx(sum(r["accuracy"] for r in per_seed) / 2, abs=1e-4)
+            assert all(r["examples"] == 10 for r in per_seed)
+        assert m["runs"][-1]["curve"][-1]["step"] == 6 and m["recurrent_parameters"] < m["parameters"]
     lstm, rnn = data["models"]["lstm"], data["models"]["rnn_tanh"]
     assert lstm["recurrent_parameters"] == 4 * rnn["recurrent_parameters"]  # equal hidden size, 4 gates
     with (out / "longrange.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and {r["architecture"] for r in rows} == {"lstm", "rnn_tanh"}
-    assert {(r["architecture"], int(r["gap"]), float(r["accuracy"])) for r in rows} == {
+    assert len(rows) == 2 * 3 * 3 and {r["architecture"] for r in rows} == {"lstm", "rnn_tanh"}
+    assert {r["seed"] for r in rows} == {"7", "8", "all"}
+    assert {(r["architecture"], int(r["gap"]), float(r["accuracy"])) for r in rows if r["seed"] == "all"} == {
         (a, g, acc) for a, by_gap in result["accuracy"].items() for g, acc in by_gap.items()}
 
 
 def test_the_same_seed_gives_the_same_numbers_and_another_seed_other_ones(tmp_path):
     first = json.loads(Path(run(_tiny(tmp_path, "a"), log=lambda line: None)["json"]).read_text())
     again = json.loads(Path(run(_tiny(tmp_path, "b"), log=lambda line: None)["json"]).read_text())
-    other = json.loads(Path(run(_tiny(tmp_path, "c", seed=8), log=lambda line: None)["json"]).read_text())
+    other = json.loads(Path(run(_tiny(tmp_path, "c", seeds=[8]), log=lambda line: None)["json"]).read_text())
     for arch in ("lstm", "rnn_tanh"):
-        assert first["models"][arch]["curve"] == again["models"][arch]["curve"]
+        assert first["models"][arch]["runs"][0]["curve"] == again["models"][arch]["runs"][0]["curve"]
         assert first["models"][arch]["accuracy_by_gap"] == again["models"][arch]["accuracy_by_gap"]
-        assert first["models"][arch]["curve"] != other["models"][arch]["curve"]
+        assert first["models"][arch]["runs"][0]["curve"] != other["models"][arch]["runs"][0]["curve"]
 
 
 def _main(capsys, *args) -> tuple[int, str, str]:
@@ -158,7 +163,7 @@ def test_the_cli_runs_the_experiment(tmp_path, capsys):
     assert list(result["accuracy"]) == ["rnn_tanh"] and list(result["accuracy"]["rnn_tanh"]) == ["0", "6"]
     saved = json.loads((tmp_path / "out" / "longrange.json").read_text())
     assert saved["config"]["command"].startswith("python -m training longrange --data ")
-    assert "rnn_tanh: step 2/2" in err
+    assert "rnn_tanh seed 1111: step 2/2" in err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -166,6 +171,7 @@ def test_the_cli_runs_the_experiment(tmp_path, capsys):
     (["--eval-gaps", "0,x"], "comma-separated integers"),
     (["--architectures", "transformer"], "unknown architecture"),
     (["--steps", "0"], "must be positive"),
+    (["--seeds", "3,3"], "--seeds must be distinct"),
     (["--max-gap", "5000", "--eval-gaps", "0"], "needs at least"),
 ])
 def test_bad_options_end_in_one_error_line(tmp_path, capsys, args, message):

@@ -11,7 +11,7 @@ filler before the name fills up), so position gives nothing away. Both architect
 same RNNModel from training/model.py with the same sizes (equal hidden size, not equal
 parameters: the LSTM has four times the recurrent weights), the same seeded stream of training
 examples, optimiser, learning rate, clip and number of steps; they are trained on the answer only
-(cross-entropy over the whole vocabulary at the last position, gaps drawn uniformly from
+(cross-entropy over the whole vocabulary at the last position, gaps drawn log-uniformly from
 0..max_gap) and scored on held-out examples at fixed gaps. Writes longrange.json (settings,
 per-gap accuracy with a 95 % Wilson interval, loss curves, wall times), longrange.csv and
 longrange.png. Knows nothing of ONNX, bundles or serving; the figure is drawn by training/plots.py.
@@ -46,24 +46,26 @@ class LongRangeConfig:
     data: str  # corpus folder: train.txt (training filler) and valid.txt (held-out filler)
     out: str  # folder for longrange.json / .csv / .png
     architectures: list[str] = field(default_factory=lambda: ["rnn_tanh", "lstm"])
-    max_gap: int = 200  # training gaps are uniform in 0..max_gap; every example is as long as the longest
+    max_gap: int = 200  # training gaps are log-uniform in 0..max_gap; every example is as long as the longest
     eval_gaps: list[int] = field(default_factory=lambda: [0, 5, 10, 20, 30, 50, 75, 100, 150, 200])
     vocab_size: int = 5000  # most frequent filler words kept (the rest read as <unk>), names and cue words added
     embedding_size: int = 64
-    hidden_size: int = 128  # the same for both cells
+    hidden_size: int = 64  # the same for both cells (the LSTM has 4x the recurrent weights)
     layers: int = 1
     batch_size: int = 32
-    steps: int = 3000  # optimiser steps per model, the same for both
+    steps: int = 2000  # optimiser steps per run, the same for both cells
     lr: float = 2e-3  # Adam, the same for both
     clip: float = 1.0  # gradient-norm clip, the same for both
     eval_examples: int = 300  # held-out examples per gap (95 % interval about ±5 points at 50 %)
-    seed: int = 1111
+    seeds: list[int] = field(default_factory=lambda: [1111, 1112, 1113])  # one run per cell and seed
     threads: int = 1  # small matrices: a second thread buys little, and on a busy machine it stalls both
     command: str = ""
 
     def validate(self) -> None:
         if self.max_gap < 0 or any(g < 0 or g > self.max_gap for g in self.eval_gaps) or not self.eval_gaps:
             raise TrainingError(f"--eval-gaps must lie in 0..--max-gap ({self.max_gap}), got {self.eval_gaps}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise TrainingError(f"--seeds must be distinct integers, got {self.seeds}")
         if min(self.vocab_size, self.embedding_size, self.hidden_size, self.layers, self.batch_size, self.steps,
                self.eval_examples, self.threads) < 1 or self.lr <= 0 or self.clip < 0:
             raise TrainingError("sizes, --steps, --batch-size, --eval-examples, --threads and --lr must be positive")
@@ -114,6 +116,13 @@ def make_examples(filler: np.ndarray, gaps: np.ndarray, max_gap: int, rng: np.ra
     return np.stack(rows).astype(np.int64), name_ids.astype(np.int64), np.array(positions, dtype=np.int64)
 
 
+def training_gaps(max_gap: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) gaps in 0..max_gap, log-uniform: gap + 1 = e^u with u uniform in [0, ln(max_gap + 2)). Each
+    doubling of the gap gets about the same share, as in the scored gaps, so short gaps are seen often
+    enough to learn the task at all and long ones often enough to learn to keep the name."""
+    return np.minimum(np.floor(np.exp(rng.uniform(0, math.log(max_gap + 2), size=n))).astype(np.int64) - 1, max_gap)
+
+
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval of a binomial proportion."""
     p = correct / n
@@ -122,23 +131,26 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _train_one(arch: str, cfg: LongRangeConfig, vocab: Vocab, train_filler: np.ndarray, log) -> tuple:
+def _train_one(arch: str, seed: int, cfg: LongRangeConfig, vocab: Vocab, train_filler: np.ndarray, log) -> tuple:
     import torch
     import torch.nn.functional as F
 
     from training.model import ModelConfig, RNNModel
 
-    torch.manual_seed(cfg.seed)  # the same initialisation stream for both cells
-    rng = np.random.default_rng(cfg.seed)  # the same training examples for both cells
+    torch.manual_seed(seed)  # the same initialisation stream for both cells
+    rng = np.random.default_rng(seed)  # the same training examples for both cells
     model = RNNModel(ModelConfig(architecture=arch, vocab_size=len(vocab), embedding_size=cfg.embedding_size,
                                  hidden_size=cfg.hidden_size, layers=cfg.layers, dropout=0.0, softmax="full"))
+    # PyTorch's own nn.Embedding init, N(0, 1), not model.py's ±0.1 (made for 33k-word LMs): at ±0.1 the one word
+    # that matters is a whisper under the filler and both cells sit at chance for thousands of steps, even at gap 0.
+    torch.nn.init.normal_(model.encoder.weight)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     curve, window_loss, window_acc = [], [], []
     every = max(1, cfg.steps // 20)
     t0 = time.perf_counter()
     model.train()
     for step in range(1, cfg.steps + 1):
-        gaps = rng.integers(0, cfg.max_gap + 1, size=cfg.batch_size)
+        gaps = training_gaps(cfg.max_gap, cfg.batch_size, rng)
         tokens, names, _ = make_examples(train_filler, gaps, cfg.max_gap, rng)
         log_probs, *_ = model(torch.from_numpy(tokens), *model.init_hidden(cfg.batch_size))  # (batch, vocab)
         target = torch.from_numpy(names)
@@ -153,7 +165,7 @@ def _train_one(arch: str, cfg: LongRangeConfig, vocab: Vocab, train_filler: np.n
         if step % every == 0 or step == cfg.steps:
             curve.append({"step": step, "loss": round(float(np.mean(window_loss)), 4),
                           "train_accuracy": round(float(np.mean(window_acc)), 4)})
-            log(f"{arch}: step {step}/{cfg.steps} loss {curve[-1]['loss']:.3f} "
+            log(f"{arch} seed {seed}: step {step}/{cfg.steps} loss {curve[-1]['loss']:.3f} "
                 f"train accuracy {curve[-1]['train_accuracy']:.2f} ({time.perf_counter() - t0:.0f} s)")
             window_loss, window_acc = [], []
     return model, curve, time.perf_counter() - t0
@@ -173,6 +185,17 @@ def _evaluate(model, tokens: np.ndarray, names: np.ndarray, batch: int = 100) ->
     return np.concatenate(hits)
 
 
+def _by_gap(hits: np.ndarray, gaps: np.ndarray, scored: list[int]) -> list[dict]:
+    """Accuracy and its 95 % Wilson interval at each scored gap; hits and gaps are (n,) per example."""
+    rows = []
+    for gap in scored:
+        h = hits[gaps == gap]
+        low, high = wilson(int(h.sum()), h.size)
+        rows.append({"gap": gap, "accuracy": round(float(h.mean()), 4), "examples": int(h.size),
+                     "ci95_low": round(low, 4), "ci95_high": round(high, 4)})
+    return rows
+
+
 def run(cfg: LongRangeConfig, log=print) -> dict:
     cfg.validate()
     import torch
@@ -187,25 +210,26 @@ def run(cfg: LongRangeConfig, log=print) -> dict:
     vocab = build_vocab(train_words, cfg.vocab_size)
     train_filler = vocab.encode([train_words])
     heldout_filler = vocab.encode([_filler_words(folder / "valid.txt")])
-    eval_rng = np.random.default_rng(cfg.seed + 1)  # held-out examples: other text, other names, other stream
+    eval_rng = np.random.default_rng([cfg.seeds[0], 1])  # held-out examples: other text, names and stream
     eval_gaps = np.repeat(np.array(cfg.eval_gaps, dtype=np.int64), cfg.eval_examples)
     eval_tokens, eval_names, _ = make_examples(heldout_filler, eval_gaps, cfg.max_gap, eval_rng)
 
     rows, models = [], {}
     for arch in cfg.architectures:
-        model, curve, seconds = _train_one(arch, cfg, vocab, train_filler, log)
-        hits = _evaluate(model, eval_tokens, eval_names)
-        per_gap = []
-        for gap in cfg.eval_gaps:
-            h = hits[eval_gaps == gap]
-            low, high = wilson(int(h.sum()), h.size)
-            per_gap.append({"gap": gap, "accuracy": round(float(h.mean()), 4), "examples": int(h.size),
-                            "ci95_low": round(low, 4), "ci95_high": round(high, 4)})
-            rows.append({"architecture": arch, **per_gap[-1]})
+        runs, hits = [], []
+        for seed in cfg.seeds:
+            model, curve, seconds = _train_one(arch, seed, cfg, vocab, train_filler, log)
+            hits.append(_evaluate(model, eval_tokens, eval_names))
+            runs.append({"seed": seed, "train_seconds": round(seconds, 1), "curve": curve,
+                         "accuracy_by_gap": _by_gap(hits[-1], eval_gaps, cfg.eval_gaps)})
+            rows += [{"architecture": arch, "seed": seed, **r} for r in runs[-1]["accuracy_by_gap"]]
+            log(f"{arch} seed {seed}: held-out accuracy by gap "
+                + ", ".join(f"{r['gap']}: {r['accuracy']:.2f}" for r in runs[-1]["accuracy_by_gap"]))
+        pooled = _by_gap(np.concatenate(hits), np.tile(eval_gaps, len(cfg.seeds)), cfg.eval_gaps)
+        rows += [{"architecture": arch, "seed": "all", **r} for r in pooled]
         models[arch] = {"parameters": sum(p.numel() for p in model.parameters()),
                         "recurrent_parameters": sum(p.numel() for p in model.rnn.parameters()),
-                        "train_seconds": round(seconds, 1), "curve": curve, "accuracy_by_gap": per_gap}
-        log(f"{arch}: held-out accuracy by gap " + ", ".join(f"{r['gap']}: {r['accuracy']:.2f}" for r in per_gap))
+                        "accuracy_by_gap": pooled, "runs": runs}
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,8 +265,9 @@ def add_parser(sub) -> None:
     p.add_argument("--architectures", default=",".join(d.architectures), help="comma-separated cells to compare")
     p.add_argument("--max-gap", type=int, default=d.max_gap)
     p.add_argument("--eval-gaps", default=",".join(map(str, d.eval_gaps)), help="comma-separated gaps to score")
+    p.add_argument("--seeds", default=",".join(map(str, d.seeds)), help="comma-separated: one run per cell and seed")
     for name in ("vocab_size", "embedding_size", "hidden_size", "layers", "batch_size", "steps", "eval_examples",
-                 "seed", "threads"):
+                 "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--clip", type=float, default=d.clip)
@@ -257,5 +282,5 @@ def _run_cli(args, command: str) -> dict:
         max_gap=args.max_gap, eval_gaps=_ints(args.eval_gaps), vocab_size=args.vocab_size,
         embedding_size=args.embedding_size, hidden_size=args.hidden_size, layers=args.layers,
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, clip=args.clip, eval_examples=args.eval_examples,
-        seed=args.seed, threads=args.threads, command=command)
+        seeds=_ints(args.seeds), threads=args.threads, command=command)
     return run(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -17,31 +17,45 @@ LABELS = {"rnn_tanh": "tanh RNN", "rnn_relu": "ReLU RNN", "lstm": "LSTM", "gru":
 PNG = {"dpi": 110, "metadata": {"Software": None}}  # no version stamp: the same numbers give the same file
 
 
-def _figure():
+def _figure(panels: int = 1):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
-    return fig, fig.add_subplot()
+    fig = Figure(figsize=(7.5 if panels == 1 else 12, 4.5), layout="constrained")
+    axes = fig.subplots(1, panels, width_ratios=[3, 2] if panels == 2 else None)
+    return fig, axes
 
 
 def plot_longrange(models: dict, chance: float, path: Path, cfg) -> None:
-    """models: {architecture: {"accuracy_by_gap": [{"gap", "accuracy", "ci95_low", "ci95_high"}, …], …}}."""
-    fig, ax = _figure()
-    for arch, m in models.items():
+    """Left: held-out accuracy against the gap, all seeds pooled (95 % interval) with each seed as a faint dot;
+    right: running training accuracy against the step, one line per seed. `models` is longrange.json's."""
+    fig, (ax, curves) = _figure(2)
+    for i, (arch, m) in enumerate(models.items()):
+        colour = f"C{i}"
+        label = f"{LABELS.get(arch, arch)} ({m['parameters'] / 1e3:.0f} k parameters)"
         rows = m["accuracy_by_gap"]
         gaps = [r["gap"] for r in rows]
         acc = [r["accuracy"] for r in rows]
         err = [[a - r["ci95_low"] for a, r in zip(acc, rows)], [r["ci95_high"] - a for a, r in zip(acc, rows)]]
-        ax.errorbar(gaps, acc, yerr=err, marker="o", capsize=3,
-                    label=f"{LABELS.get(arch, arch)} ({m['parameters'] / 1e3:.0f} k parameters)")
-    ax.axhline(chance, color="grey", linestyle="--", label=f"chance (1 in {round(1 / chance)} names)")
+        ax.errorbar(gaps, acc, yerr=err, marker="o", capsize=3, color=colour, label=label)
+        for run in m["runs"]:
+            ax.plot([r["gap"] for r in run["accuracy_by_gap"]], [r["accuracy"] for r in run["accuracy_by_gap"]],
+                    linestyle="none", marker=".", alpha=0.35, color=colour)
+            curves.plot([c["step"] for c in run["curve"]], [c["train_accuracy"] for c in run["curve"]],
+                        color=colour, alpha=0.7, label=f"{LABELS.get(arch, arch)}" if run is m["runs"][0] else None)
+    for a in (ax, curves):
+        a.axhline(chance, color="grey", linestyle="--", label=f"chance (1 in {round(1 / chance)} names)")
+        a.set_ylim(0, 1.02)
+        a.grid(alpha=0.3)
+    seeds = len(cfg.seeds)
     ax.set_xlabel("gap N: filler words between the name and “my pet”")
-    ax.set_ylabel("held-out accuracy (95 % interval)")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"Recalling a name after N words: hidden {cfg.hidden_size}, {cfg.steps} steps × {cfg.batch_size}, "
-                 f"seed {cfg.seed}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    ax.set_ylabel(f"held-out accuracy ({seeds} seed{'s' * (seeds > 1)} pooled, 95 % interval)")
+    ax.set_title(f"Recalling a name after N words of WikiText-2: hidden {cfg.hidden_size}, "
+                 f"{cfg.steps} steps × {cfg.batch_size}", fontsize=10)
+    ax.legend(loc="lower left", fontsize=9)
+    curves.set_xlabel("training step")
+    curves.set_ylabel("training accuracy (all gaps)")
+    curves.set_title("Learning curves, one line per seed", fontsize=10)
+    curves.legend(loc="lower right", fontsize=9)
     fig.savefig(path, **PNG)
 
 
