@@ -9,12 +9,12 @@ test), the name is drawn uniformly from NAMES (so chance is exactly 1 / len(NAME
 occurs anywhere else in an example, and every example has the same length whatever N is (the
 filler before the name fills up), so position gives nothing away. Both architectures get the
 same RNNModel from training/model.py with the same sizes (equal hidden size, not equal
-parameters: the LSTM has four times the recurrent weights), the same seeded stream of training
-examples, optimiser, learning rate, clip and number of steps; they are trained on the answer only
-(cross-entropy over the whole vocabulary at the last position, gaps drawn log-uniformly from
-0..max_gap) and scored on held-out examples at fixed gaps. Writes longrange.json (settings,
-per-gap accuracy with a 95 % Wilson interval, loss curves, wall times), longrange.csv and
-longrange.png. Knows nothing of ONNX, bundles or serving; the figure is drawn by training/plots.py.
+parameters: the LSTM has four times the recurrent weights), the same initialisation seed and
+seeded stream of training examples, optimiser, learning rate, clip and number of steps, once per
+seed; they are trained on the answer only (cross-entropy over the whole vocabulary at the last
+position, gaps drawn log-uniformly from 0..max_gap) and scored on the same held-out examples at
+fixed gaps. Writes longrange.json (settings, per-gap accuracy with a 95 % Wilson interval, pooled
+and per seed, learning curves, wall times), longrange.csv and longrange.png. Knows nothing of ONNX, bundles or serving; the figure is drawn by training/plots.py.
 """
 
 from __future__ import annotations
@@ -69,9 +69,11 @@ class LongRangeConfig:
         if min(self.vocab_size, self.embedding_size, self.hidden_size, self.layers, self.batch_size, self.steps,
                self.eval_examples, self.threads) < 1 or self.lr <= 0 or self.clip < 0:
             raise TrainingError("sizes, --steps, --batch-size, --eval-examples, --threads and --lr must be positive")
-        bad = [a for a in self.architectures if a not in ("rnn_tanh", "rnn_relu", "lstm", "gru")]
+        from training.model import ARCHITECTURES
+
+        bad = [a for a in self.architectures if a not in ARCHITECTURES]
         if bad or not self.architectures:
-            raise TrainingError(f"unknown architecture(s) {bad}; choose from rnn_tanh, rnn_relu, lstm, gru")
+            raise TrainingError(f"unknown architecture(s) {bad}; choose from {', '.join(ARCHITECTURES)}")
 
     @property
     def length(self) -> int:
