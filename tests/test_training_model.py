@@ -270,6 +270,29 @@ def test_a_compact_checkpoint_in_parts_loads_as_the_same_model_with_float16_weig
         load_checkpoint(tmp_path / "c")
 
 
+def test_compact_keeps_every_tensor_when_a_layer_shares_one_buffer_as_cudnn_leaves_it(tiny_trained, tmp_path):
+    # On CUDA, cuDNN packs each recurrent layer's weight_ih, weight_hh, bias_ih and bias_hh into one flat
+    # buffer, so a GPU checkpoint's tensors are views into one storage at different offsets.
+    ckpt = torch.load(tiny_trained(tied=True) / "best.pt", weights_only=True)
+    for layer in sorted({k.split(".")[1] for k in ckpt["state_dict"] if k.startswith("rnns.")}):
+        names = [k for k in ckpt["state_dict"] if k.startswith(f"rnns.{layer}.")]
+        flat = torch.cat([ckpt["state_dict"][k].flatten() for k in names])
+        offset = 0
+        for k in names:
+            shape = ckpt["state_dict"][k].shape
+            ckpt["state_dict"][k] = flat[offset:offset + shape.numel()].view(shape)
+            offset += shape.numel()
+    torch.save(ckpt, tmp_path / "gpu.pt")
+    original = load_checkpoint(tmp_path / "gpu.pt")["state_dict"]
+    assert len({v.untyped_storage().data_ptr() for k, v in original.items() if k.startswith("rnns.0.")}) == 1
+    compact(tmp_path / "gpu.pt", tmp_path / "c", dtype="float16")
+    small = load_checkpoint(tmp_path / "c")["state_dict"]
+    assert small.keys() == original.keys()
+    for k, v in original.items():
+        assert small[k].shape == v.shape and torch.equal(small[k].float(), v.half().float()), k
+    model_from_checkpoint(load_checkpoint(tmp_path / "c"))  # loads: every shape matches the model
+
+
 def _tiny_resume_configs(run):
     ckpt = load_checkpoint(run / "best.pt")
     return TrainConfig(**ckpt["train_config"]), ModelConfig(**ckpt["model_config"])

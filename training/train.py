@@ -121,13 +121,15 @@ def compact(checkpoint: str | Path, out: str | Path, dtype: str = "float16", par
     ckpt = load_checkpoint(checkpoint)
     if dtype not in ("float16", "float32"):
         raise TrainingError(f"unknown weights dtype {dtype!r}; choose float16 or float32")
-    cast: dict[int, torch.Tensor] = {}  # by storage, so a tied matrix stays one tensor
+    # A tied matrix stays one tensor. Keyed by the tensor's own address and layout, not its storage's:
+    # on CUDA, cuDNN packs each layer's weights and biases into one buffer, so they share a storage.
+    cast: dict[tuple, torch.Tensor] = {}
     state = {}
     for key, value in ckpt["state_dict"].items():
-        ptr = value.untyped_storage().data_ptr()
-        if ptr not in cast:
-            cast[ptr] = value.to(getattr(torch, dtype)) if value.is_floating_point() else value
-        state[key] = cast[ptr]
+        ident = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if ident not in cast:
+            cast[ident] = value.to(getattr(torch, dtype)) if value.is_floating_point() else value
+        state[key] = cast[ident]
     small = {k: v for k, v in ckpt.items() if k not in ("optimizer", "rng", "cuda_rng", "state_dict")}
     small.update(state_dict=state, compact={"dtype": dtype, "from": str(checkpoint)})
     buffer = io.BytesIO()
