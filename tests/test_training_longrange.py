@@ -238,3 +238,15 @@ def test_plot_context_without_a_profile_is_one_clear_line(tiny_bundle, tmp_path,
 def test_plot_context_on_a_bad_folder_is_one_clear_line(tmp_path, capsys, make, message):
     code, _, err = _main(capsys, "plot-context", make(tmp_path / "b"), "--out", tmp_path / "p.png")
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("bucket", [{"context": "x-3", "perplexity": 5.0}, {"context": "3-1", "perplexity": 5.0},
+                                    {"context": "1", "perplexity": -1}, {"perplexity": 5.0}, "1"])
+def test_plot_context_on_a_malformed_profile_is_one_clear_line(profiled_bundles, tmp_path, capsys, bucket):
+    copy = Path(shutil.copytree(profiled_bundles[0], tmp_path / "bad"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["metrics"]["context_profile"]["buckets"][1] = bucket
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = _main(capsys, "plot-context", copy, "--out", tmp_path / "p.png")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "metrics.context_profile bucket" in err and not (tmp_path / "p.png").exists()

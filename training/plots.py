@@ -64,9 +64,17 @@ def context_profile_of(folder: Path) -> tuple[dict, list[dict]]:
     manifest = read_manifest(folder)
     profile = (manifest.get("metrics") or {}).get("context_profile")
     buckets = profile.get("buckets") if isinstance(profile, dict) else None
-    if not buckets:
+    if not buckets or not isinstance(buckets, list):
         raise TrainingError(f"{folder / 'manifest.json'} has no metrics.context_profile; "
                             f"export the bundle again with --data and --context-window 200")
+    try:
+        for b in buckets:
+            lo, hi = _bucket_span(b["context"])
+            if not 1 <= lo <= hi or not float(b["perplexity"]) > 0:
+                raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise TrainingError(f"{folder / 'manifest.json'}: metrics.context_profile bucket {b!r} is not "
+                            f"{{\"context\": \"LO-HI\", \"perplexity\": > 0}}") from None
     return manifest, buckets
 
 
