@@ -313,3 +313,14 @@ def test_a_float16_bundle_stores_half_the_bytes_and_runs_in_float32(tiny_trained
     _, _, session = open_bundle(tmp_path / "half")  # the same checks the training side runs on any bundle
     assert session.get_outputs()[0].type == "tensor(float)"
     assert summary["test_perplexity"] == pytest.approx(full["metrics"]["test_perplexity"], rel=1e-2)
+
+
+def test_summary_table_shows_what_the_manifest_measured(tiny_bundle, capsys):
+    from training.__main__ import main
+
+    assert main(["summary", str(tiny_bundle)]) == 0
+    header, rule, row = capsys.readouterr().out.strip().splitlines()
+    metrics = json.loads((tiny_bundle / "manifest.json").read_text())["metrics"]
+    assert header.count("|") == rule.count("|") == row.count("|")
+    assert row.startswith("| `tiny` | lstm | 2 × 12, 12 |")
+    assert f"**{metrics['test_perplexity']}**" in row and f"| {metrics['test_perplexity_line_reset']} |" in row

@@ -1,5 +1,5 @@
-"""Command line: `python -m training {train,export,evaluate,compact,longrange,plot-context}`. Errors end in one line
-and exit 2.
+"""Command line: `python -m training {train,export,evaluate,compact,summary,longrange,plot-context}`. Errors end in
+one line and exit 2.
 
 The `train` options are derived from the fields of ModelConfig and TrainConfig (their defaults,
 choices and help live there); an architecture's recipe (training.config.RECIPES) fills what the command
@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     c.add_argument("--part-mib", type=float, default=15.0, help="largest part, in MiB")
 
+    m = sub.add_parser("summary", formatter_class=_Formatter,
+                       help="a Markdown table of bundles from their manifests (the README's Models table)")
+    m.add_argument("bundles", nargs="+", help="bundle folders, e.g. models/*")
+
     from training import longrange, plots
 
     longrange.add_parser(sub)  # each sets `run`: args -> result dict
@@ -155,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
 
             result = export(args.checkpoint, args.out, args.name, args.data, _command(argv), args.verify_steps,
                             args.context_window, args.weights)
+        elif args.cmd == "summary":
+            from training.bundle import summary_table
+
+            print(summary_table(args.bundles))
+            return 0
         elif args.cmd == "compact":
             from training.train import compact
 

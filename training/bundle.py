@@ -80,3 +80,21 @@ def open_bundle(folder: str | Path, providers: list[str] | None = None):
         raise TrainingError(f"{onnx_path}: onnxruntime cannot load it: {first_line(e)}") from None
     check_graph(session, manifest, onnx_path)
     return manifest, vocab, session
+
+
+def summary_table(folders: list[str | Path]) -> str:
+    """A Markdown table of what each bundle's manifest records: sizes, weights, training, and the
+    perplexities measured through onnxruntime on the file itself."""
+    rows = ["| bundle | cell | layers × hidden, embedding | tied | weights | MB | epochs | device | valid ppl "
+            "| **test ppl** | test ppl, state reset per line |", "|---" * 11 + "|"]
+    for folder in map(Path, folders):
+        m = read_manifest(folder)
+        metrics, training = m.get("metrics", {}), m.get("training", {})
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 1e6
+        rows.append(f"| `{m['name']}` | {m['architecture']} | {m['layers']} × {m['hidden_size']}, "
+                    f"{m.get('embedding_size', '?')} | {'yes' if m.get('tied') else 'no'} | "
+                    f"{m['onnx'].get('weights', {}).get('stored', 'float32')} | {size:.1f} | "
+                    f"{training.get('epochs', '?')} | {training.get('device', '?')} | "
+                    f"{metrics.get('valid_perplexity', '–')} | **{metrics.get('test_perplexity', '–')}** | "
+                    f"{metrics.get('test_perplexity_line_reset', '–')} |")
+    return "\n".join(rows)

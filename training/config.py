@@ -26,7 +26,7 @@ class ModelConfig:
     dropout_hidden: float = field(default=0.2, metadata={"help": "locked dropout between recurrent layers"})
     dropout_embedding: float = field(default=0.1, metadata={"help": "drops whole words from the embedding"})
     weight_drop: float = field(default=0.2, metadata={"help": "DropConnect on hidden-to-hidden matrices"})
-    tied: bool = field(default=True, metadata={"help": "share the embedding with the output matrix (full softmax)"})
+    tied: bool = field(default=False, metadata={"help": "share the embedding with the output matrix (full softmax)"})
     softmax: str = field(default="full", metadata={"choices": SOFTMAXES,
                                                    "help": "adaptive trains faster on big vocabularies; "
                                                            "both give the exact full distribution"})

@@ -214,7 +214,7 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
                     "split": "test", "window": context_window,
                     "buckets": context_profile(session, manifest, corpus.test, 50, context_window)}
         (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        open_bundle(tmp_dir)  # the written bundle must pass the same checks the service runs
+        open_bundle(tmp_dir)  # the written bundle must pass the bundle checks: sha256, vocabulary, graph I/O
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.move(str(tmp_dir), str(out_dir))
