@@ -140,3 +140,18 @@ def test_check_corpus_accepts_the_tiny_corpus_and_finds_a_blank_split(tiny_corpu
     (folder / "test.txt").write_text(" \n \n")
     with pytest.raises(TrainingError, match="corpus file has no tokens: .*test.txt"):
         check_corpus(folder)
+
+
+def test_derive_cuts_consecutive_splits_from_one_file_with_a_smaller_vocabulary(tiny_corpus, tmp_path):
+    from training.derive import derive
+
+    sizes = derive(tiny_corpus / "train.txt", tmp_path / "small", words=12, train_tokens=800, eval_tokens=200)
+    corpus = Corpus.load(tmp_path / "small")
+    assert len(corpus.vocab) <= 12 and UNK in corpus.vocab.words
+    assert corpus.train.size == sizes["train"] >= 800 and corpus.valid.size == sizes["valid"] >= 200
+    source = read_lines(tiny_corpus / "train.txt")
+    n_train = len(read_lines(tmp_path / "small" / "train.txt"))
+    keep = set(corpus.vocab.words)
+    assert read_lines(tmp_path / "small" / "valid.txt")[0] == [w if w in keep else UNK for w in source[n_train]]
+    with pytest.raises(TrainingError, match="too few tokens"):
+        derive(tiny_corpus / "train.txt", tmp_path / "big", words=12, train_tokens=10**6, eval_tokens=200)
