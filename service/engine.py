@@ -438,7 +438,7 @@ class Engine:
         except BaseException:
             slot.release()
             raise
-        return Generation(self.store, record, scheduler, stream, fed, reading, slot)
+        return Generation(self.store, record, scheduler, stream, fed, reading, slot, (state.after, log_probs))
 
     # --- session lifecycle -----------------------------------------------------------------------------------------
 
@@ -469,9 +469,10 @@ class Generation:
     """
 
     def __init__(self, store: SessionStore, record: SessionRecord, scheduler: Scheduler, stream: Stream, fed: int,
-                 reading: Reading | None, slot: _Slot):
+                 reading: Reading | None, slot: _Slot, start: tuple[np.ndarray, np.ndarray]):
         self.store, self.record, self.scheduler, self.stream = store, record, scheduler, stream
         self.fed, self.reading, self._slot = fed, reading, slot
+        self._replay = (*start, 0, -1)  # (state, log_probs, index of the next token asked for, the token before it)
         self.model = scheduler.bundle.name
         self.generated = 0
         self.committed: SessionRecord | None = None
@@ -500,6 +501,19 @@ class Generation:
                     raise rest[0]
         finally:
             self.close()
+
+    def distribution(self, token: Token) -> np.ndarray:
+        """(vocab,) log-probabilities that `token` was drawn from, for callers that show alternatives (OpenAI's
+        `logprobs`). Ask for this generation's tokens in order: the first is the distribution the stream started
+        from, each later one costs one model step (the token before it fed again; a row's result never depends on
+        its batch, so it is the decode loop's own)."""
+        state, log_probs, expected, previous = self._replay
+        if token.index != expected:
+            raise ValueError(f"distribution() takes the tokens in order: expected index {expected}, got {token.index}")
+        if expected:
+            log_probs, state = self.scheduler.step(np.array([previous]), state)
+        self._replay = (state, log_probs, expected + 1, token.id)
+        return log_probs
 
     def _commit(self, state: SessionState) -> SessionRecord:
         try:

@@ -21,7 +21,7 @@ from service.config import ConfigError, Settings
 from service.engine import Engine
 from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound, PayloadTooLarge,
                             ServiceError)
-from service.http import auth, browser, ops, predict, sessions
+from service.http import auth, browser, openai, ops, predict, sessions
 from service.http.context import Services, services
 from service.http.responses import error_response
 from service.runtime import ModelRuntime
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["nextword"] = Services(settings, engine)
-    for module in (predict, sessions, ops):
+    for module in (predict, sessions, ops, openai):
         app.register_blueprint(module.bp)
     _init_request_hooks(app, settings)
     auth.init_app(app, settings.api_keys)

@@ -330,6 +330,7 @@ def _schemas(s: Settings) -> dict:
             },
         },
         "TokenEvent": token_event,
+        **_openai_schemas(s, name, text),
         "ModelInfo": model_info,
         "ModelList": {
             "type": "object",
@@ -365,6 +366,105 @@ def _schemas(s: Settings) -> dict:
                     "properties": {"name": {"type": "string"}, "provider": {"type": "string"},
                                    "version": {"type": "string"}}}},
                 "redis": {"type": "string", "description": "`ok`, or why the session store is unavailable."},
+            },
+        },
+    }
+
+
+def _openai_schemas(s: Settings, name: dict, text: dict) -> dict:
+    """POST /v1/completions (service/http/openai.py): OpenAI's request and response shapes, as far as served."""
+    prompt = {"anyOf": [{"type": "string", "const": ""}, text]}
+    neutral = "Accepted only at the value that changes nothing (OpenAI clients may send it)."
+    logprobs = {
+        "type": ["object", "null"],
+        "required": ["tokens", "token_logprobs", "top_logprobs", "text_offset"],
+        "description": "With `logprobs`: per token of `text`, its characters, its log-probability (the model's own, "
+                       "before temperature and top-p; -9999 for 0), the `logprobs` most likely alternatives by the "
+                       "text each would have added, and its offset in `text` (in the whole text so far when "
+                       "streaming).",
+        "properties": {
+            "tokens": {"type": "array", "items": {"type": "string"}},
+            "token_logprobs": {"type": "array", "items": {"type": "number", "maximum": 0}},
+            "top_logprobs": {"type": "array", "items": {"type": "object",
+                                                        "additionalProperties": {"type": "number", "maximum": 0}}},
+            "text_offset": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        },
+    }
+    usage = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+             "properties": {"prompt_tokens": {"type": "integer", "minimum": 0},
+                            "completion_tokens": {"type": "integer", "minimum": 0,
+                                                  "description": "Tokens generated, a stop word or `<eos>` that "
+                                                                 "ended the completion included."},
+                            "total_tokens": {"type": "integer", "minimum": 0}}}
+    return {
+        "CompletionRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["prompt"],
+            "properties": {
+                "model": _nullable({**name, "description": "A loaded model (GET /models); default: the service's "
+                                                           "default model, or the session's."}),
+                "prompt": {"anyOf": [*prompt["anyOf"], {"type": "array", "minItems": 1, "maxItems": 1,
+                                                        "items": prompt}],
+                           "description": "A string, or a list of one string (n = 1; token ids are not "
+                                          "supported). Read as /predict's `text` (at most "
+                                          f"{s.max_text_tokens} tokens, else a 400 on `prompt`). Empty: start at "
+                                          "the beginning of a line, or continue the session where it stands."},
+                "max_tokens": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_generate_tokens,
+                                         "description": f"Words to generate at most (default "
+                                                        f"{min(16, s.max_generate_tokens)}; the ceiling is "
+                                                        "NEXTWORD_MAX_GENERATE_TOKENS, above it is a 400)."}),
+                "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2,
+                                          "description": "Default 1; 0 is greedy."}),
+                "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1,
+                                    "description": "Nucleus sampling mass; 1 (default) = all; 0 = greedy."}),
+                "stop": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 100},
+                                   {"type": "array", "maxItems": 4,
+                                    "items": {"type": "string", "minLength": 1, "maxLength": 100}},
+                                   {"type": "null"}],
+                         "description": "Up to 4. A stop that is one word as the model reads text ends the "
+                                        "completion at that word (left out of `text`); line breaks are `<eos>`, "
+                                        "which always ends it. A stop of several words never matches (the model "
+                                        "generates whole words)."},
+                "seed": _nullable({"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
+                                   "description": "Same seed, prompt and parameters: same completion."}),
+                "n": {"enum": [1, None], "description": neutral},
+                "best_of": {"enum": [1, None], "description": neutral},
+                "frequency_penalty": {"enum": [0, None], "description": neutral},
+                "presence_penalty": {"enum": [0, None], "description": neutral},
+                "echo": {"enum": [False, None], "description": neutral},
+                "logit_bias": {"type": ["object", "null"], "maxProperties": 0, "description": neutral},
+                "suffix": {"type": "null", "description": neutral},
+                "logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 5,
+                                       "description": "Log-probabilities of the chosen tokens and this many "
+                                                      "alternatives per token (one more model step per token)."}),
+                "stream": _nullable({"type": "boolean", "description": "Server-Sent Events: `data: {chunk}` per "
+                                                                       "token, then `data: [DONE]`."}),
+                "stream_options": {"type": ["object", "null"], "additionalProperties": False,
+                                   "properties": {"include_usage": {"type": ["boolean", "null"]}},
+                                   "description": "`include_usage`: a last chunk with `usage` and no choices."},
+                "user": _nullable({**name, "maxLength": 256, "description": "Ignored."}),
+                "session_id": _nullable({**name, "description": (
+                    "Not OpenAI's: continue this session (POST /sessions). The prompt and the generated words "
+                    "are committed to it as a generation commits; without it the completion runs on a "
+                    "temporary session that is deleted after it.")}),
+            },
+            "example": {"model": "wikitext2-lstm", "prompt": "The game began development in", "max_tokens": 8,
+                        "temperature": 0.8, "seed": 7, "logprobs": 2},
+        },
+        "Completion": {
+            "type": "object",
+            "required": ["id", "object", "created", "model", "choices", "usage"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^cmpl-"},
+                "object": {"const": "text_completion"},
+                "created": {"type": "integer", "description": "Unix seconds."},
+                "model": {"type": "string"},
+                "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                    "type": "object", "required": ["text", "index", "logprobs", "finish_reason"],
+                    "properties": {"text": {"type": "string"}, "index": {"const": 0}, "logprobs": logprobs,
+                                   "finish_reason": {"enum": ["stop", "length"]}}}},
+                "usage": usage,
             },
         },
     }
@@ -512,6 +612,38 @@ def _paths(s: Settings) -> dict:
                 "503": _e503("state_store_unavailable", "model_unavailable"),
             },
         }},
+        "/v1/completions": {"post": {
+            "operationId": "createCompletion", "tags": ["openai"],
+            "summary": "OpenAI-compatible completions (the `openai` client with base_url .../v1)",
+            "description": (
+                "OpenAI's legacy completions API over one generation. A token is a word of the model's vocabulary; "
+                "`text` joins them as the model's text convention writes them. `finish_reason` is `stop` (a stop "
+                "word or `<eos>`, left out of `text`) or `length`. With `stream`, `data: {chunk}` events in "
+                "OpenAI's shape (`object: text_completion`, one choice whose `text` is one token, then one with "
+                "the `finish_reason`), then `data: [DONE]`; a failure mid-stream is an `event: error` whose data "
+                "is an Error (no [DONE]). Errors are this service's Error objects; the `openai` client raises them "
+                "with their `message`."),
+            "requestBody": {"required": True, "content": _json(_ref("CompletionRequest"))},
+            "responses": {
+                "200": _ok("The completion.", {
+                    _MIME_JSON: {"schema": _ref("Completion")},
+                    _MIME_SSE: {"schema": {
+                        "type": "object", "required": ["data"],
+                        "description": "One event (OpenAPI 3.1: the schema of an event stream describes each "
+                                       "event). Unnamed (`message`) events carry a chunk: `{\"id\", \"object\", "
+                                       "\"created\", \"model\", \"choices\": [{\"text\", \"index\", \"logprobs\", "
+                                       "\"finish_reason\"}]}` (Completion's shape, one token of text each), then "
+                                       "`[DONE]`; an `error` event carries an Error.",
+                        "properties": {"event": {"enum": ["message", "error"]},
+                                       "data": {"type": "string"}}}},
+                }),
+                "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped; so is an "
+                             "OpenAI field at a value that is not served (`n` 2, penalties, `echo`, ...)."),
+                "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405, "409": _e409(),
+                "413": _E413, "415": _E415, "429": _e429(),
+                "503": _e503("state_store_unavailable", "model_unavailable"),
+            },
+        }},
         "/healthz": {"get": {
             "operationId": "healthz", "tags": ["ops"], "summary": "Liveness: the process answers", **open_,
             "responses": {"200": _ok("Alive.", _json(_ref("Health"))), "405": _E405},
@@ -555,7 +687,7 @@ def spec(settings: Settings | None = None) -> dict:
                 f"{s.max_body_bytes} bytes (413)."),
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
-        "tags": [{"name": "predict"}, {"name": "sessions"}, {"name": "models"}, {"name": "ops"}],
+        "tags": [{"name": "predict"}, {"name": "sessions"}, {"name": "models"}, {"name": "openai"}, {"name": "ops"}],
         "security": [{"bearer": []}],
         "paths": _paths(s),
         "components": {

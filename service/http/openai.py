@@ -1,0 +1,345 @@
+"""POST /v1/completions: OpenAI's legacy completions API on top of the engine's generations, so the `openai`
+client and tools built on it work unchanged. Knows Flask and OpenAI's wire shapes, not Redis or onnxruntime.
+
+Each request is one generation. Without the non-standard `session_id` it runs on a temporary session, created
+for it and deleted after it (the endpoint stays stateless); with it, the prompt and the generated words are
+committed to that session by the engine's rule (README, "What a generation commits"). The model predicts words,
+so a "token" here is a word of the model's vocabulary; `text` joins them the way the model's text convention
+writes them (a leading space where one belongs). A stop word or `<eos>` that ends a generation is left out of
+`text` and `logprobs` and counted in `usage.completion_tokens` (the session consumed it).
+
+`logprobs` (0-5): for each token of `text`, its log-probability and the k most likely alternatives under the
+model's own distribution (before temperature and top-p), from `Generation.distribution`: the first exactly as
+sampled, each later one by one more model step. Streaming and the drained JSON share one generator of pieces.
+Errors are the service's JSON error (`{"error": {"code", "message", "field"}}`); the `openai` client reads its
+`message`. Mid-stream failures are an `event: error` whose data is that object, which the client raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from flask import Blueprint, Response, g, jsonify, stream_with_context
+
+from service.engine import Done, Generation, Token
+from service.errors import InternalError, InvalidInput, ModelMismatch, ServiceError
+from service.http.context import services
+from service.http.responses import SSE, SSE_HEADERS, sse_error
+from service.http.sessions import _Timing
+from service.http.validation import boolean, integer, json_body, number, string
+from service.sampling import SamplingParams, top_k
+from service.tokenizer import EOS, detokenize, tokenize
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+log = logging.getLogger("nextword")
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default
+MAX_LOGPROBS = 5  # OpenAI's limit for completions
+MAX_STOP = 4  # OpenAI's limit
+FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "logprobs", "echo", "stream",
+          "stream_options", "user", "best_of", "frequency_penalty", "presence_penalty", "logit_bias", "suffix",
+          "session_id"}
+# OpenAI fields accepted only at the value that changes nothing (clients such as LangChain send them by default).
+NEUTRAL = {"n": 1, "best_of": 1, "frequency_penalty": 0, "presence_penalty": 0, "echo": False}
+LOGPROB_FLOOR = -9999.0  # what a probability of 0 is reported as (JSON has no -Infinity)
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+_JOINER = "a"  # a word standing for a session's unknown earlier words, so the first generated word gets its space
+
+
+@dataclass(frozen=True)
+class Request:
+    model: str | None
+    prompt: str
+    max_tokens: int
+    params: SamplingParams
+    stop: list[str]
+    logprobs: int | None
+    stream: bool
+    include_usage: bool
+    session_id: str | None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One token of `text`: its characters and, with `logprobs`, its log-probability and the alternatives."""
+
+    text: str
+    logprob: float | None = None
+    top: dict[str, float] | None = None
+
+
+class _Joiner:
+    """Writes words after a context as the text convention would, one piece per word, so the pieces concatenate
+    to the completion. A piece is what the joined text grew by; where the convention rewrites earlier text
+    (rarely: `15 – 18` becomes `15–18`), the word is written after a space instead."""
+
+    def __init__(self, context: list[str], convention: str):
+        self.tokens, self.convention = list(context), convention
+        self.joined = detokenize(self.tokens, convention)
+
+    def piece(self, word: str) -> str:
+        joined = detokenize(self.tokens + [word], self.convention)
+        if joined.startswith(self.joined):
+            return joined[len(self.joined):]
+        return ("" if not self.joined or self.joined.endswith("\n") else " ") + detokenize([word], self.convention)
+
+    def add(self, word: str) -> str:
+        piece = self.piece(word)
+        self.tokens.append(word)
+        self.joined = detokenize(self.tokens, self.convention)
+        return piece
+
+
+def _neutral(body: dict, name: str) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    expected = NEUTRAL[name]
+    if isinstance(value, bool) != isinstance(expected, bool) or value != expected:
+        raise InvalidInput(f"`{name}` must be {json.dumps(expected)} (or absent): {_UNSUPPORTED[name]}", field=name)
+
+
+_UNSUPPORTED = {"n": "one choice per request", "best_of": "one candidate per request",
+                "frequency_penalty": "penalties are not supported", "presence_penalty": "penalties are not supported",
+                "echo": "the prompt is not echoed"}
+
+
+def _prompt(body: dict) -> str:
+    value = body.get("prompt")
+    if isinstance(value, list):
+        if len(value) != 1 or not isinstance(value[0], str):
+            raise InvalidInput("`prompt` must be a string or a list of one string (n = 1; token ids are not "
+                               "supported)", field="prompt")
+        value = value[0]
+    if value is None:
+        raise InvalidInput("`prompt` is required", field="prompt")
+    if not isinstance(value, str):
+        raise InvalidInput("`prompt` must be a string or a list of one string", field="prompt")
+    if value == "":
+        return value  # continue the session, or start at the beginning of a line
+    return string({"prompt": value}, "prompt", max_length=services().settings.max_body_bytes, words=True)
+
+
+def _stop(body: dict) -> list[str]:
+    value = body.get("stop")
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and 0 < len(v) <= 100 for v in items):
+        raise InvalidInput("`stop` must be a string or a list of strings of 1 to 100 characters", field="stop")
+    if len(items) > MAX_STOP:
+        raise InvalidInput(f"`stop` has more than {MAX_STOP} items", field="stop")
+    return items
+
+
+def _stop_words(stop: list[str], convention: str) -> list[str]:
+    """The stops that are one word as the model reads text (only such a word can end a generation; the others
+    never match, as with /generate's `stop`). Line breaks alone are `<eos>`, which always ends it anyway."""
+    words = []
+    for v in stop:
+        tokens = tokenize(v, convention)
+        if len(tokens) == 1 or (tokens and set(tokens) == {EOS}):
+            words.append(tokens[0])
+    return words
+
+
+def parse(body: dict) -> Request:
+    settings = services().settings
+    for name in NEUTRAL:
+        _neutral(body, name)
+    logit_bias = body.get("logit_bias")
+    if logit_bias is not None and logit_bias != {}:
+        raise InvalidInput("`logit_bias` must be empty (or absent): biases are not supported", field="logit_bias")
+    if body.get("suffix") is not None:
+        raise InvalidInput("`suffix` must be null (or absent): insertion is not supported", field="suffix")
+    string(body, "user", max_length=256)  # accepted and ignored
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
+        raise InvalidInput("`stream_options` must be an object with at most `include_usage`", field="stream_options")
+    include_usage = boolean(options or {}, "include_usage", False)
+    stream = boolean(body, "stream", False)  # stream_options mean nothing without it
+    temperature = number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = number(body, "top_p", 1.0, 0.0, 1.0)
+    return Request(
+        model=string(body, "model", max_length=200),
+        prompt=_prompt(body),
+        max_tokens=integer(body, "max_tokens", min(DEFAULT_MAX_TOKENS, settings.max_generate_tokens), 1,
+                           settings.max_generate_tokens, " (NEXTWORD_MAX_GENERATE_TOKENS)"),
+        # top_p 0 keeps only the most likely word: greedy, as temperature 0 is
+        params=SamplingParams(temperature=temperature if top_p > 0 else 0.0, top_p=top_p if top_p > 0 else 1.0,
+                              seed=integer(body, "seed", None, 0, 2**63 - 1)),
+        stop=_stop(body),
+        logprobs=integer(body, "logprobs", None, 0, MAX_LOGPROBS),
+        stream=stream,
+        include_usage=include_usage,
+        session_id=string(body, "session_id", max_length=200),
+    )
+
+
+def _start(req: Request) -> tuple[Generation, str | None]:
+    """The generation, and the temporary session to delete after it (None when the request named its session)."""
+    engine = services().engine
+    if req.session_id is None:
+        record = engine.create_session(req.model, g.owner)
+        temporary = record.session_id
+    else:
+        record, temporary = engine.session_info(req.session_id, g.owner), None
+        if req.model is not None and req.model != record.model:
+            engine.model(req.model)  # an unknown model is a 404, as without a session
+            raise ModelMismatch(f"session {record.session_id} belongs to model {record.model!r}, not "
+                                f"{req.model!r}", field="model")
+    try:
+        stop = _stop_words(req.stop, engine.model(record.model).bundle.convention)
+        return engine.start_generation(record.session_id, g.owner, req.prompt, req.params, req.max_tokens,
+                                       stop), temporary
+    except InvalidInput as e:
+        if e.field == "text":  # the engine reads the prompt as its `text`
+            e.field, e.message = "prompt", e.message.replace("`text`", "`prompt`")
+        _discard(temporary)
+        raise
+    except BaseException:
+        _discard(temporary)
+        raise
+
+
+def _discard(temporary: str | None) -> None:
+    """Deletes a temporary session; one that cannot be deleted now (Redis away) expires by its TTL."""
+    if temporary is None:
+        return
+    try:
+        services().engine.delete_session(temporary, g.owner)
+    except ServiceError:
+        pass
+
+
+def _logprob(value) -> float:
+    """JSON has no -Infinity: a word of probability 0 gets OpenAI's floor."""
+    return max(float(value), LOGPROB_FLOOR)
+
+
+def _pieces(generation: Generation, logprobs: int | None, timing: _Timing, log_fields: dict
+            ) -> Iterator[Piece | Done]:
+    """The generation as pieces of `text` (a stop word or `<eos>` that ends it yields none), then its Done."""
+    bundle = generation.scheduler.bundle
+    if generation.reading is not None:
+        context = generation.reading.tokens
+    else:  # continuing a session without a prompt: its words are not stored; a joiner word gives the spacing
+        context = [_JOINER] if generation.record.tokens else []
+    joiner = _Joiner(context, bundle.convention)
+    for event in generation:
+        if isinstance(event, Done):
+            yield event
+            return
+        timing.token()
+        log_fields["generated"] += 1
+        if event.id == bundle.eos or event.id in generation.stream.stop_ids:
+            continue  # it ended the generation: no piece of `text`
+        log_probs = generation.distribution(event) if logprobs is not None else None
+        if log_probs is None:
+            yield Piece(joiner.add(event.word))
+            continue
+        top = {}
+        if logprobs:
+            ids, _ = top_k(log_probs, logprobs)
+            for i in ids.tolist():
+                top.setdefault(joiner.piece(bundle.words[i]), _logprob(log_probs[i]))
+        yield Piece(joiner.add(event.word), _logprob(log_probs[event.id]), top)
+
+
+def _logprobs_view(pieces: list[Piece], offset: int = 0) -> dict:
+    offsets, at = [], offset
+    for p in pieces:
+        offsets.append(at)
+        at += len(p.text)
+    return {"tokens": [p.text for p in pieces], "token_logprobs": [p.logprob for p in pieces],
+            "top_logprobs": [p.top for p in pieces], "text_offset": offsets}
+
+
+def _usage(generation: Generation, done: Done | None) -> dict:
+    prompt = len(generation.reading.tokens) if generation.reading is not None else 0
+    completion = done.tokens if done is not None else generation.generated
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _chunk(cid: str, created: int, model: str, choices: list, **extra) -> str:
+    data = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices, **extra}
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@bp.post("/completions")
+def completions():
+    started = time.perf_counter()
+    req = parse(json_body(FIELDS))
+    generation, temporary = _start(req)
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    g.log.update(model=generation.model, greedy=req.params.greedy, generated=0,
+                 tokens=len(generation.reading.tokens) if generation.reading else 0)
+    timing = _Timing(generation.model, started)
+    pieces = _pieces(generation, req.logprobs, timing, g.log)
+    if req.stream:
+        return _event_stream(req, generation, temporary, pieces, cid, created)
+    try:
+        with generation:
+            shown: list[Piece] = []
+            for item in pieces:
+                if isinstance(item, Done):
+                    done = item
+                else:
+                    shown.append(item)
+    finally:
+        _discard(temporary)
+    text = "".join(p.text for p in shown)
+    return jsonify({"id": cid, "object": "text_completion", "created": created, "model": done.model,
+                    "choices": [{"text": text, "index": 0,
+                                 "logprobs": _logprobs_view(shown) if req.logprobs is not None else None,
+                                 "finish_reason": _FINISH[done.finish_reason]}],
+                    "usage": _usage(generation, done)})
+
+
+def _event_stream(req: Request, generation: Generation, temporary: str | None, pieces: Iterator[Piece | Done],
+                  cid: str, created: int) -> Response:
+    """OpenAI's chunks: one per piece of `text`, one with the finish reason, with `include_usage` one with the
+    usage and no choices, then `data: [DONE]`. A failure is an `event: error` with the service's error and no
+    [DONE]. The WSGI server closes the response when the client goes away or after the last chunk: that close
+    cancels the generation (nothing is committed) and deletes a temporary session."""
+    model, owner = generation.model, g.owner
+    usage = {"usage": None} if req.include_usage else {}
+    engine = services().engine
+
+    def events():
+        offset = 0
+        try:
+            for item in pieces:
+                if isinstance(item, Done):
+                    yield _chunk(cid, created, model, [{"text": "", "index": 0, "logprobs": None,
+                                                        "finish_reason": _FINISH[item.finish_reason]}], **usage)
+                    if req.include_usage:
+                        yield _chunk(cid, created, model, [], usage=_usage(generation, item))
+                    yield "data: [DONE]\n\n"
+                    return
+                logprobs = _logprobs_view([item], offset) if req.logprobs is not None else None
+                offset += len(item.text)
+                yield _chunk(cid, created, model, [{"text": item.text, "index": 0, "logprobs": logprobs,
+                                                    "finish_reason": None}], **usage)
+        except ServiceError as error:
+            yield sse_error(error)
+        except Exception:  # noqa: BLE001 - logged; the client gets the same JSON error as a 500 would carry
+            log.exception("completion failed")
+            yield sse_error(InternalError("internal error during generation"))
+
+    def close() -> None:
+        generation.close()
+        if temporary is not None:
+            try:
+                engine.delete_session(temporary, owner)
+            except ServiceError:
+                pass  # it expires by its TTL
+
+    response = Response(stream_with_context(events()), mimetype=SSE, headers=SSE_HEADERS)
+    response.call_on_close(close)
+    return response

@@ -1,0 +1,252 @@
+"""POST /v1/completions driven by the real `openai` client against the real service (gunicorn, Redis, tiny
+exported bundles): drained and streamed, seeds, stop words, limits, logprobs, errors, the session extension."""
+
+from __future__ import annotations
+
+import math
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import _SUBJECTS
+
+PROMPT = "the cat eats fish ."
+
+
+@pytest.fixture
+def service(service_factory):
+    return service_factory(workers=1)
+
+
+@pytest.fixture
+def client(service):
+    with openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused", max_retries=0, timeout=30) as c:
+        yield c
+
+
+def _sessions(service) -> int:
+    """Sessions in Redis: a stateless completion leaves none behind."""
+    import redis
+
+    r = redis.Redis.from_url(service.env["REDIS_URL"])
+    try:
+        return sum(1 for _ in r.scan_iter("nextword:session:*"))
+    finally:
+        r.close()
+
+
+def test_drained_completion_has_openais_shape(client, service):
+    c = client.completions.create(model="tiny-lstm", prompt=PROMPT, max_tokens=5, seed=3)
+    assert c.object == "text_completion" and c.id.startswith("cmpl-") and c.model == "tiny-lstm"
+    assert isinstance(c.created, int)
+    [choice] = c.choices
+    assert choice.index == 0 and choice.finish_reason in ("stop", "length") and choice.logprobs is None
+    assert c.usage.prompt_tokens == 5  # the cat eats fish .
+    assert 1 <= c.usage.completion_tokens <= 5
+    assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert c.usage.completion_tokens == 5 and len(choice.text.split()) == 5
+    assert not choice.text[:1].isalnum()  # a word follows the prompt after a space (punctuation hugs it)
+    assert _sessions(service) == 0  # the temporary session is gone
+
+
+def test_model_may_be_omitted_and_a_list_of_one_prompt_is_a_prompt(service):
+    plain = requests.post(f"{service.url}/v1/completions",
+                          json={"prompt": PROMPT, "max_tokens": 4, "temperature": 0}).json()
+    listed = requests.post(f"{service.url}/v1/completions",
+                           json={"prompt": [PROMPT], "max_tokens": 4, "temperature": 0, "model": "tiny-lstm"}).json()
+    assert plain["model"] == "tiny-lstm"  # the service's default
+    assert plain["choices"][0]["text"] == listed["choices"][0]["text"]
+
+
+def test_streaming_chunks_concatenate_to_the_drained_text(client):
+    kwargs = dict(model="tiny-lstm", prompt=PROMPT, max_tokens=8, seed=11, temperature=1.5)
+    drained = client.completions.create(**kwargs)
+    chunks = list(client.completions.create(stream=True, **kwargs))  # ends at data: [DONE]
+    assert all(ch.object == "text_completion" and ch.id == chunks[0].id for ch in chunks)
+    texts = [ch.choices[0].text for ch in chunks]
+    assert "".join(texts) == drained.choices[0].text
+    assert [ch.choices[0].finish_reason for ch in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].choices[0].finish_reason == drained.choices[0].finish_reason
+    assert len(chunks) - 1 == len(drained.choices[0].text.split()) or drained.choices[0].finish_reason == "stop"
+
+
+def test_stream_raw_ends_with_done_and_include_usage_adds_a_usage_chunk(service):
+    with requests.post(f"{service.url}/v1/completions", stream=True, timeout=30,
+                       json={"prompt": PROMPT, "max_tokens": 3, "stream": True, "seed": 1,
+                             "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines(decode_unicode=True) if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    import json
+
+    usage = json.loads(lines[-2][len("data: "):])
+    assert usage["choices"] == [] and usage["usage"]["prompt_tokens"] == 5
+    assert 1 <= usage["usage"]["completion_tokens"] <= 3
+
+
+def test_the_same_seed_gives_the_same_text_and_greedy_needs_none(client):
+    def text(**kw):
+        return client.completions.create(model="tiny-lstm", prompt="a dog", max_tokens=12, **kw).choices[0].text
+
+    seeded = {text(seed=5, temperature=1.8) for _ in range(3)}
+    assert len(seeded) == 1
+    assert len({text(seed=s, temperature=1.8) for s in range(6)}) > 1  # the seed matters
+    assert len({text(temperature=0) for _ in range(2)}) == 1
+    assert text(temperature=0) == text(top_p=0, seed=9)  # top_p 0 keeps the one most likely word
+
+
+def test_max_tokens_bounds_the_completion(client):
+    c = client.completions.create(model="tiny-lstm", prompt="the", max_tokens=1, temperature=0)
+    assert c.usage.completion_tokens == 1
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny-lstm", prompt="the", max_tokens=10_000)
+    assert "max_tokens" in str(e.value)
+
+
+def test_stop_word_ends_the_completion_and_is_left_out(client):
+    def words(**kw):
+        c = client.completions.create(model="tiny-lstm", prompt="the cat", max_tokens=6, temperature=1.5, logprobs=0,
+                                      **kw)
+        return c, [t.strip() for t in c.choices[0].logprobs.tokens]
+
+    for seed in range(20):  # a seed whose completion has a word not seen before it, after the first
+        free, tokens = words(seed=seed)
+        fresh = [j for j in range(1, len(tokens)) if tokens[j] not in tokens[:j]]
+        if fresh:
+            break
+    else:
+        pytest.fail("no seed gave a completion with a new word after the first")
+    j = fresh[0]
+    stopped, shown = words(seed=seed, stop=tokens[j])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert shown == tokens[:j]
+    assert stopped.choices[0].text == "".join(free.choices[0].logprobs.tokens[:j])
+    assert stopped.usage.completion_tokens == j + 1  # the stop word was generated (and consumed) but not shown
+    # a stop that is several words as the model reads text never matches (the model generates words)
+    several, _ = words(seed=seed, stop=[f"{tokens[j]} {tokens[j]}", f"({tokens[j]}"])
+    assert several.choices[0].text == free.choices[0].text
+    # line breaks alone are <eos>, which ends a generation anyway
+    assert words(seed=seed, stop="\n\n")[0].choices[0].text == free.choices[0].text
+
+
+def test_logprobs_match_the_generate_endpoint_and_predict(client, service):
+    c = client.completions.create(model="tiny-lstm", prompt="the cat", max_tokens=5, seed=21, temperature=1.7,
+                                  logprobs=3)
+    lp = c.choices[0].logprobs
+    n = len(lp.tokens)
+    assert n >= 1 and len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert "".join(lp.tokens) == c.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(n)]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert len(top) == 3 and logprob <= 0
+        assert list(top.values()) == sorted(top.values(), reverse=True)
+        if token in top:
+            assert top[token] == pytest.approx(logprob, abs=1e-6)
+        else:
+            assert logprob <= min(top.values()) + 1e-6
+    # the same draw on the native endpoint: its probabilities are the model's own
+    sid = requests.post(f"{service.url}/sessions", json={"model": "tiny-lstm"}).json()["session_id"]
+    native = requests.post(f"{service.url}/sessions/{sid}/generate",
+                           json={"text": "the cat", "max_tokens": 5, "seed": 21, "temperature": 1.7}).json()
+    shown = [t for t in native["token_details"] if t["word"] not in ("<eos>",)][:n]
+    assert [t["word"] for t in shown] == [t.strip() for t in lp.tokens]
+    for t, logprob in zip(shown, lp.token_logprobs):
+        assert math.exp(logprob) == pytest.approx(t["probability"], abs=2e-6)
+    # the first token's alternatives are /predict's top words after the prompt
+    predicted = requests.post(f"{service.url}/predict", json={"text": "the cat", "top_k": 3}).json()["predictions"]
+    first = lp.top_logprobs[0]
+    assert [k.strip() or "<eos>" for k in first] == [p["word"] for p in predicted]  # <eos> writes a line break
+    assert [math.exp(v) for v in first.values()] == pytest.approx([p["probability"] for p in predicted], abs=1e-6)
+
+
+def test_logprobs_zero_gives_the_chosen_tokens_only_and_streams(client):
+    chunks = list(client.completions.create(model="tiny-lstm", prompt="a child", max_tokens=3, seed=2, logprobs=0,
+                                            stream=True))
+    for ch in chunks[:-1]:
+        lp = ch.choices[0].logprobs
+        assert lp.tokens == [ch.choices[0].text] and lp.top_logprobs == [{}] and lp.token_logprobs[0] <= 0
+    offsets = [ch.choices[0].logprobs.text_offset[0] for ch in chunks[:-1]]
+    assert offsets == [sum(len(c.choices[0].text) for c in chunks[:i]) for i in range(len(offsets))]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"n": 2}, "n"),
+    ({"logprobs": 6}, "logprobs"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"echo": True}, "echo"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"best_of": 2}, "best_of"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"suffix": "end"}, "suffix"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"seed": -1}, "seed"),
+    ({"extra_body": {"prompt": ["one", "two"]}}, "prompt"),
+    ({"extra_body": {"prompt": [1, 2, 3]}}, "prompt"),
+    ({"extra_body": {"prompt": "   "}}, "prompt"),
+    ({"extra_body": {"top_k": 5}}, "top_k"),
+    ({"extra_body": {"stream_options": {"include_usage": True, "other": 1}}}, "stream_options"),
+])
+def test_bad_fields_are_400s_the_client_raises(client, service, kwargs, field):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny-lstm", prompt=PROMPT, **kwargs)
+    assert e.value.status_code == 400
+    assert e.value.body["field"] == field and field in e.value.body["message"]
+    assert _sessions(service) == 0
+
+
+def test_neutral_openai_defaults_are_accepted(client):
+    c = client.completions.create(model="tiny-lstm", prompt=PROMPT, max_tokens=2, n=1, best_of=1, echo=False,
+                                  frequency_penalty=0, presence_penalty=0.0, logit_bias={}, user="someone")
+    assert len(c.choices) == 1
+
+
+def test_unknown_model_is_a_404(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4", prompt=PROMPT)
+    assert e.value.body["code"] == "unknown_model"
+
+
+def test_session_extension_continues_and_commits(client, service):
+    sid = requests.post(f"{service.url}/sessions", json={"model": "tiny-lstm"}).json()["session_id"]
+    first = client.completions.create(model="tiny-lstm", prompt="the cat", max_tokens=3, temperature=0,
+                                      extra_body={"session_id": sid})
+    after = requests.get(f"{service.url}/sessions/{sid}").json()
+    assert after["tokens"] == 2 + first.usage.completion_tokens and after["version"] == 1
+    # an empty prompt continues where the session stands: the same words as a stateless completion of the
+    # prompt plus what was generated (greedy)
+    second = client.completions.create(model="tiny-lstm", prompt="", max_tokens=3, temperature=0,
+                                       extra_body={"session_id": sid})
+    both = client.completions.create(model="tiny-lstm", prompt="the cat" + first.choices[0].text, max_tokens=3,
+                                     temperature=0)
+    if first.choices[0].finish_reason == "length":
+        assert second.choices[0].text == both.choices[0].text
+        assert not second.choices[0].text[:1].isalnum()
+    assert requests.get(f"{service.url}/sessions/{sid}").json()["version"] == 2
+    with pytest.raises(openai.APIStatusError) as e:
+        client.completions.create(model="tiny-rnn", prompt="the", extra_body={"session_id": sid})
+    assert e.value.status_code == 409 and e.value.body["field"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="tiny-lstm", prompt="the", extra_body={"session_id": "x" * 32})
+
+
+def test_prompt_words_outside_the_subjects_still_complete(client):
+    """The tiny corpus' words all work as prompts; an unknown word is read as <unk>."""
+    subject = sorted(_SUBJECTS)[0]
+    c = client.completions.create(model="tiny-rnn", prompt=f"{subject} zebra", max_tokens=2, seed=0)
+    assert c.model == "tiny-rnn" and c.usage.prompt_tokens == 3
+
+
+def test_the_openapi_request_schema_lists_exactly_the_accepted_fields(client, service):
+    from service.http.openai import FIELDS
+
+    document = requests.get(f"{service.url}/openapi.json").json()
+    schema = document["components"]["schemas"]["CompletionRequest"]
+    assert schema["additionalProperties"] is False and set(schema["properties"]) == FIELDS
+    assert schema["required"] == ["prompt"]
+    assert set(document["paths"]["/v1/completions"]["post"]["responses"]["200"]["content"]) == {
+        "application/json", "text/event-stream"}
