@@ -3,6 +3,7 @@ exported bundles): drained and streamed, seeds, stop words, limits, logprobs, er
 
 from __future__ import annotations
 
+import json
 import math
 
 import openai
@@ -10,6 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import _SUBJECTS
+from tests.servers import wait_for
 
 PROMPT = "the cat eats fish ."
 
@@ -80,8 +82,6 @@ def test_stream_raw_ends_with_done_and_include_usage_adds_a_usage_chunk(service)
         lines = [line for line in r.iter_lines(decode_unicode=True) if line]
     assert all(line.startswith("data: ") for line in lines)
     assert lines[-1] == "data: [DONE]"
-    import json
-
     usage = json.loads(lines[-2][len("data: "):])
     assert usage["choices"] == [] and usage["usage"]["prompt_tokens"] == 5
     assert 1 <= usage["usage"]["completion_tokens"] <= 3
@@ -250,3 +250,25 @@ def test_the_openapi_request_schema_lists_exactly_the_accepted_fields(client, se
     assert schema["required"] == ["prompt"]
     assert set(document["paths"]["/v1/completions"]["post"]["responses"]["200"]["content"]) == {
         "application/json", "text/event-stream"}
+
+
+def test_api_keys_are_the_clients_api_key(service_factory):
+    service = service_factory(NEXTWORD_API_KEYS="k1")
+    with openai.OpenAI(base_url=f"{service.url}/v1", api_key="k1", max_retries=0) as good:
+        assert good.completions.create(model="tiny-lstm", prompt=PROMPT, max_tokens=2).choices[0].text
+    with openai.OpenAI(base_url=f"{service.url}/v1", api_key="wrong", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError) as e:
+            bad.completions.create(model="tiny-lstm", prompt=PROMPT)
+    assert e.value.body["code"] == "unauthorized"
+
+
+def test_a_client_that_leaves_mid_stream_leaves_nothing_behind(client, service):
+    sid = requests.post(f"{service.url}/sessions", json={"model": "tiny-lstm"}).json()["session_id"]
+    for extra in ({}, {"session_id": sid}):
+        stream = client.completions.create(model="tiny-lstm", prompt=PROMPT, max_tokens=200, stream=True, seed=1,
+                                           stop=[], extra_body=extra)
+        next(iter(stream))
+        stream.close()
+    # the temporary session is deleted and the named one is not written (a generation commits only when it ends)
+    wait_for(lambda: _sessions(service) == 1, what="the temporary session to be deleted")
+    assert requests.get(f"{service.url}/sessions/{sid}").json()["version"] == 0

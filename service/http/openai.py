@@ -44,15 +44,19 @@ MAX_STOP = 4  # OpenAI's limit
 FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "logprobs", "echo", "stream",
           "stream_options", "user", "best_of", "frequency_penalty", "presence_penalty", "logit_bias", "suffix",
           "session_id"}
-# OpenAI fields accepted only at the value that changes nothing (clients such as LangChain send them by default).
-NEUTRAL = {"n": 1, "best_of": 1, "frequency_penalty": 0, "presence_penalty": 0, "echo": False}
+# OpenAI fields accepted only at the value that changes nothing (clients such as LangChain send them by default):
+# name -> (that value, why no other)
+NEUTRAL = {"n": (1, "one choice per request"), "best_of": (1, "one candidate per request"),
+           "frequency_penalty": (0, "penalties are not supported"), "presence_penalty": (0, "penalties are not "
+                                                                                          "supported"),
+           "echo": (False, "the prompt is not echoed")}
 LOGPROB_FLOOR = -9999.0  # what a probability of 0 is reported as (JSON has no -Infinity)
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 _JOINER = "a"  # a word standing for a session's unknown earlier words, so the first generated word gets its space
 
 
 @dataclass(frozen=True)
-class Request:
+class CompletionRequest:
     model: str | None
     prompt: str
     max_tokens: int
@@ -99,14 +103,9 @@ def _neutral(body: dict, name: str) -> None:
     value = body.get(name)
     if value is None:
         return
-    expected = NEUTRAL[name]
+    expected, why = NEUTRAL[name]
     if isinstance(value, bool) != isinstance(expected, bool) or value != expected:
-        raise InvalidInput(f"`{name}` must be {json.dumps(expected)} (or absent): {_UNSUPPORTED[name]}", field=name)
-
-
-_UNSUPPORTED = {"n": "one choice per request", "best_of": "one candidate per request",
-                "frequency_penalty": "penalties are not supported", "presence_penalty": "penalties are not supported",
-                "echo": "the prompt is not echoed"}
+        raise InvalidInput(f"`{name}` must be {json.dumps(expected)} (or absent): {why}", field=name)
 
 
 def _prompt(body: dict) -> str:
@@ -148,7 +147,7 @@ def _stop_words(stop: list[str], convention: str) -> list[str]:
     return words
 
 
-def parse(body: dict) -> Request:
+def parse(body: dict) -> CompletionRequest:
     settings = services().settings
     for name in NEUTRAL:
         _neutral(body, name)
@@ -165,7 +164,7 @@ def parse(body: dict) -> Request:
     stream = boolean(body, "stream", False)  # stream_options mean nothing without it
     temperature = number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = number(body, "top_p", 1.0, 0.0, 1.0)
-    return Request(
+    return CompletionRequest(
         model=string(body, "model", max_length=200),
         prompt=_prompt(body),
         max_tokens=integer(body, "max_tokens", min(DEFAULT_MAX_TOKENS, settings.max_generate_tokens), 1,
@@ -181,7 +180,7 @@ def parse(body: dict) -> Request:
     )
 
 
-def _start(req: Request) -> tuple[Generation, str | None]:
+def _start(req: CompletionRequest) -> tuple[Generation, str | None]:
     """The generation, and the temporary session to delete after it (None when the request named its session)."""
     engine = services().engine
     if req.session_id is None:
@@ -301,8 +300,8 @@ def completions():
                     "usage": _usage(generation, done)})
 
 
-def _event_stream(req: Request, generation: Generation, temporary: str | None, pieces: Iterator[Piece | Done],
-                  cid: str, created: int) -> Response:
+def _event_stream(req: CompletionRequest, generation: Generation, temporary: str | None,
+                  pieces: Iterator[Piece | Done], cid: str, created: int) -> Response:
     """OpenAI's chunks: one per piece of `text`, one with the finish reason, with `include_usage` one with the
     usage and no choices, then `data: [DONE]`. A failure is an `event: error` with the service's error and no
     [DONE]. The WSGI server closes the response when the client goes away or after the last chunk: that close
