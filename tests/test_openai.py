@@ -262,13 +262,21 @@ def test_api_keys_are_the_clients_api_key(service_factory):
     assert e.value.body["code"] == "unauthorized"
 
 
-def test_a_client_that_leaves_mid_stream_leaves_nothing_behind(client, service):
-    sid = requests.post(f"{service.url}/sessions", json={"model": "tiny-lstm"}).json()["session_id"]
-    for extra in ({}, {"session_id": sid}):
-        stream = client.completions.create(model="tiny-lstm", prompt=PROMPT, max_tokens=200, stream=True, seed=1,
-                                           stop=[], extra_body=extra)
-        next(iter(stream))
-        stream.close()
-    # the temporary session is deleted and the named one is not written (a generation commits only when it ends)
+def test_a_client_that_leaves_mid_stream_leaves_nothing_behind(service_factory):
+    """A paced server (every model step waits 50 ms for batch peers, as in tests/test_generate.py), so the client
+    leaves while the generation still runs."""
+    service = service_factory(NEXTWORD_BATCH_WAIT_MS="50")
+    body = dict(model="tiny-lstm", prompt=PROMPT, max_tokens=40, temperature=0)
+    with openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused", max_retries=0, timeout=30) as client:
+        assert client.completions.create(**body).choices[0].finish_reason == "length"  # runs 40 steps
+        sid = requests.post(f"{service.url}/sessions", json={"model": "tiny-lstm"}).json()["session_id"]
+        for extra in ({}, {"session_id": sid}):
+            stream = client.completions.create(stream=True, extra_body=extra, **body)
+            next(iter(stream))
+            stream.close()
+    # both generations closed (a generation that ran on to its end would hold its slot until after its commit),
+    # the temporary sessions deleted, and the named one not written: a generation commits only when it ends
+    wait_for(lambda: "nextword_active_streams 0.0" in requests.get(f"{service.url}/metrics").text,
+             what="both streams to be closed")
     wait_for(lambda: _sessions(service) == 1, what="the temporary session to be deleted")
     assert requests.get(f"{service.url}/sessions/{sid}").json()["version"] == 0
