@@ -220,7 +220,7 @@ class Engine:
         probs = np.empty(len(ids))
         current = before = state.after
         for i, token in enumerate(ids.tolist()):
-            probs[i] = np.exp(np.float64(log_probs[token]))
+            probs[i] = np.exp(np.float64(np.asarray(log_probs)[token]))  # a device row comes over whole: scores ask
             before = current
             log_probs, current = scheduler.step(np.array([token]), current)
         return probs, log_probs, SessionState(current, before, int(ids[-1]))

@@ -88,12 +88,22 @@ def _check_graph(bundle: Bundle, session: ort.InferenceSession) -> None:
 
 
 class ModelRuntime:
-    """One bundle's onnxruntime session."""
+    """One bundle's onnxruntime session.
 
-    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 1):
+    On CUDA (or with `device_resident=True`, which tests use on the CPU provider) a call's log-probabilities stay
+    where the model wrote them, as `service.heads.DeviceRows`: callers read the top k words or sampled tokens
+    from them, and a whole row crosses to the host only when one is asked for (application/octet-stream)."""
+
+    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 1, device_resident: bool | None = None):
         self.bundle = bundle
         self.session = open_session(bundle, device, threads)
         self.provider = self.session.get_providers()[0]
+        self.heads = None
+        if device_resident if device_resident is not None else self.provider == CUDA:
+            from service.heads import Heads
+
+            self.heads = Heads(bundle.vocab_size, self.session.get_providers(),
+                               "cuda" if self.provider == CUDA else "cpu", frozenset({bundle.unk}))
         self._inputs = ["tokens", *[i for i, _ in bundle.state_pairs]]
         self._outputs = ["log_probs", *[o for _, o in bundle.state_pairs]]
         self._step_latency = metrics.MODEL_STEP_LATENCY.labels(model=bundle.name)
@@ -111,8 +121,26 @@ class ModelRuntime:
         Returns (log_probs (batch, vocab) or None, new states (tensors, layers, batch, hidden))."""
         feed = {"tokens": tokens, **{name: states[i] for i, name in enumerate(self._inputs[1:])}}
         started = time.perf_counter()
-        outputs = self.session.run(self._outputs if with_log_probs else self._outputs[1:], feed)
+        if self.heads is not None and with_log_probs:
+            log_probs, new = self._run_resident(feed)
+        else:
+            outputs = self.session.run(self._outputs if with_log_probs else self._outputs[1:], feed)
+            log_probs = outputs[0] if with_log_probs else None  # (batch, vocab)
+            new = np.stack(outputs[1:] if with_log_probs else outputs)  # (tensors, layers, batch, hidden)
         self._step_latency.observe(time.perf_counter() - started)
         self._batch_size.observe(tokens.shape[0])
-        log_probs = outputs[0] if with_log_probs else None  # (batch, vocab)
-        return log_probs, np.stack(outputs[1:] if with_log_probs else outputs)  # (tensors, layers, batch, hidden)
+        return log_probs, new
+
+    def _run_resident(self, feed: dict):
+        """I/O binding: log_probs stays on the model's device (DeviceRows); the small states come to the host."""
+        from service.heads import DeviceRows
+
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output("log_probs", self.heads.device)
+        for name in self._outputs[1:]:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        log_probs, *states = binding.get_outputs()
+        return DeviceRows(log_probs, self.heads), np.stack([s.numpy() for s in states])

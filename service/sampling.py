@@ -108,8 +108,14 @@ def _top_ids(scores: np.ndarray, k: int) -> np.ndarray:
 def top_k(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64, probabilities float64) of the k most likely words, most likely first; k clipped to V.
 
+    A row that lives on a device (service.heads.DeviceRow) answers with its own `top_k`: only k words cross over.
+
     Selects on the float32 values themselves (one partition, then the ties at the k-th value by id),
     which is the same order as `_rank_keys` without building a key per word."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if hasattr(log_probs, "top_k"):
+        return log_probs.top_k(int(k))
     lp = np.asarray(log_probs)
     if lp.ndim != 1:
         raise ValueError(f"log_probs must be a 1-D vector, got shape {lp.shape}")

@@ -218,8 +218,7 @@ class Scheduler:
         go on."""
         n = len(streams)
         try:
-            tokens, probs = sample_rows(self._stacked(streams), [s.params for s in streams],
-                                        [s.rng for s in streams], self._banned)
+            tokens, probs = self._sample(streams)
         except Exception as e:
             error = self._failure(e)
             for s in streams:
@@ -258,15 +257,29 @@ class Scheduler:
             s.finish((log_probs[b], new[:, :, b]))
         return going
 
-    @staticmethod
-    def _stacked(streams: list[Stream]) -> np.ndarray:
-        """(streams, vocab): the rows of the last call as they are when the streams are its first rows in order
-        (the steady state), else a stacked copy."""
+    def _sample(self, streams: list[Stream]) -> tuple[np.ndarray, np.ndarray]:
+        """One token per stream: on the device where the last call left its rows (plain temperature sampling of
+        streams that were all in that call), else on the host (service/sampling.py)."""
         source = streams[0]._source
-        if source is not None and all(s._source is not None and s._source[0] is source[0] and s._source[1] == i
-                                      for i, s in enumerate(streams)):
+        same_call = source is not None and all(s._source is not None and s._source[0] is source[0]
+                                               for s in streams)
+        if same_call and hasattr(source[0], "sample") and all(not s.params.greedy and not s.params.filtered
+                                                             for s in streams):
+            return source[0].sample(np.array([s._source[1] for s in streams]), [s.params for s in streams],
+                                    [s.rng for s in streams])
+        return sample_rows(self._stacked(streams, same_call), [s.params for s in streams],
+                           [s.rng for s in streams], self._banned)
+
+    @staticmethod
+    def _stacked(streams: list[Stream], same_call: bool) -> np.ndarray:
+        """(streams, vocab) on the host: the rows of the last call as they are when the streams are its first rows
+        in order (the steady state on CPU), else a stacked copy (device rows come over whole)."""
+        source = streams[0]._source
+        if same_call and isinstance(source[0], np.ndarray) and all(s._source[1] == i for i, s in enumerate(streams)):
             return source[0][: len(streams)]
-        return np.stack([s.log_probs for s in streams])
+        if same_call and hasattr(source[0], "host"):
+            return source[0].host(np.array([s._source[1] for s in streams]))
+        return np.stack([np.asarray(s.log_probs) for s in streams])
 
     def _failure(self, error: Exception) -> ModelUnavailable:
         log.error("onnxruntime call failed for %s: %s: %s", self.bundle.name, type(error).__name__, error,

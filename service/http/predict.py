@@ -41,7 +41,7 @@ def predict():
     if result.session is not None:
         headers.update({"X-Session-Tokens": str(result.session.tokens), "ETag": etag(result.session.version)})
     if binary:
-        probs = np.exp(result.log_probs.astype(np.float64)).astype("<f4")  # (vocab,) little-endian float32
+        probs = np.exp(np.asarray(result.log_probs, dtype=np.float64)).astype("<f4")  # (vocab,) little-endian float32
         headers.update({"X-Vocab-Size": str(probs.size), "X-Dtype": "float32-le"})
         return Response(probs.tobytes(), mimetype=BINARY, headers=headers)
     response = jsonify(prediction_view(result, engine.model(result.model).bundle.words, k))
