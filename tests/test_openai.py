@@ -10,6 +10,7 @@ import openai
 import pytest
 import requests
 
+from service.tokenizer import detokenize
 from tests.conftest import _SUBJECTS
 from tests.servers import wait_for
 
@@ -280,3 +281,15 @@ def test_a_client_that_leaves_mid_stream_leaves_nothing_behind(service_factory):
              what="both streams to be closed")
     wait_for(lambda: _sessions(service) == 1, what="the temporary session to be deleted")
     assert requests.get(f"{service.url}/sessions/{sid}").json()["version"] == 0
+
+
+@pytest.mark.parametrize("start", [0, 5, 45])
+def test_pieces_concatenate_to_the_joined_text_past_the_window(start):
+    """The joiner's pieces, over a context longer than its window, make the text the convention writes."""
+    from service.http.openai import _Joiner
+
+    words = ('He said " it was 1 @,@ 000 ( or so ) , and that \'s all " . Then 2 : 33 passed ; role @-@ playing '
+             'games , U.S. troops . " Open').split() * 3
+    joiner = _Joiner(words[:start], "wikitext")
+    pieces = [joiner.add(w) for w in words[start:]]
+    assert "".join(pieces) == detokenize(words, "wikitext")[len(detokenize(words[:start], "wikitext")):]

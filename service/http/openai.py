@@ -80,22 +80,38 @@ class Piece:
 class _Joiner:
     """Writes words after a context as the text convention would, one piece per word, so the pieces concatenate
     to the completion. A piece is what the joined text grew by; where the convention rewrites earlier text
-    (rarely: `15 – 18` becomes `15–18`), the word is written after a space instead."""
+    (rarely: `15 – 18` becomes `15–18`), the word is written after a space instead. Only the last `WINDOW` words
+    are joined each time (spacing is local), so a piece costs the same however long the prompt; a double quote
+    left open before the window is kept open by one in front of it."""
+
+    WINDOW = 32
 
     def __init__(self, context: list[str], convention: str):
-        self.tokens, self.convention = list(context), convention
-        self.joined = detokenize(self.tokens, convention)
+        self.convention = convention
+        self.tokens = list(context[-self.WINDOW:])
+        self.quote = context[:-self.WINDOW].count('"') % 2 == 1 if len(context) > self.WINDOW else False
+        self.joined = self._detokenize(self.tokens)
+
+    def _detokenize(self, tokens: list[str]) -> str:
+        return detokenize(['"', *tokens] if self.quote else tokens, self.convention)
+
+    def _join(self, word: str) -> tuple[str, str]:
+        """(the piece `word` adds, the joined text with it)"""
+        joined = self._detokenize(self.tokens + [word])
+        if joined.startswith(self.joined):
+            return joined[len(self.joined):], joined
+        space = "" if not self.joined or self.joined.endswith("\n") else " "
+        return space + detokenize([word], self.convention), joined
 
     def piece(self, word: str) -> str:
-        joined = detokenize(self.tokens + [word], self.convention)
-        if joined.startswith(self.joined):
-            return joined[len(self.joined):]
-        return ("" if not self.joined or self.joined.endswith("\n") else " ") + detokenize([word], self.convention)
+        return self._join(word)[0]
 
     def add(self, word: str) -> str:
-        piece = self.piece(word)
+        piece, self.joined = self._join(word)
         self.tokens.append(word)
-        self.joined = detokenize(self.tokens, self.convention)
+        if len(self.tokens) > self.WINDOW:
+            self.quote ^= self.tokens.pop(0) == '"'
+            self.joined = self._detokenize(self.tokens)
         return piece
 
 
