@@ -293,3 +293,12 @@ def test_pieces_concatenate_to_the_joined_text_past_the_window(start):
     joiner = _Joiner(words[:start], "wikitext")
     pieces = [joiner.add(w) for w in words[start:]]
     assert "".join(pieces) == detokenize(words, "wikitext")[len(detokenize(words[:start], "wikitext")):]
+
+
+def test_models_are_listed_in_openais_shape(client):
+    assert {m.id for m in client.models.list()} == {"tiny-lstm", "tiny-rnn"}
+    model = client.models.retrieve("tiny-rnn")
+    assert (model.id, model.object, model.owned_by) == ("tiny-rnn", "model", "nextword")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4")
+    assert e.value.body["code"] == "unknown_model"

@@ -1,5 +1,6 @@
 """POST /v1/completions: OpenAI's legacy completions API on top of the engine's generations, so the `openai`
-client and tools built on it work unchanged. Knows Flask and OpenAI's wire shapes, not Redis or onnxruntime.
+client and tools built on it work unchanged (and GET /v1/models, which such tools list models with). Knows Flask
+and OpenAI's wire shapes, not Redis or onnxruntime.
 
 Each request is one generation. Without the non-standard `session_id` it runs on a temporary session, created
 for it and deleted after it (the endpoint stays stateless); with it, the prompt and the generated words are
@@ -358,3 +359,18 @@ def _event_stream(req: CompletionRequest, generation: Generation, temporary: str
     response = Response(stream_with_context(events()), mimetype=SSE, headers=SSE_HEADERS)
     response.call_on_close(close)
     return response
+
+
+def _model_object(name: str) -> dict:
+    # OpenAI's `created` is when the model was made; a bundle does not record it, so 0 (unknown)
+    return {"id": name, "object": "model", "created": 0, "owned_by": "nextword"}
+
+
+@bp.get("/models")
+def models():
+    return jsonify({"object": "list", "data": [_model_object(name) for name in services().engine.models]})
+
+
+@bp.get("/models/<name>")
+def model(name: str):
+    return jsonify(_model_object(services().engine.model(name).bundle.name))

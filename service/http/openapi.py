@@ -452,6 +452,17 @@ def _openai_schemas(s: Settings, name: dict, text: dict) -> dict:
             "example": {"model": "wikitext2-lstm", "prompt": "The game began development in", "max_tokens": 8,
                         "temperature": 0.8, "seed": 7, "logprobs": 2},
         },
+        "OpenAIModel": {
+            "type": "object", "required": ["id", "object", "created", "owned_by"],
+            "properties": {"id": {"type": "string", "description": "A loaded model's name."},
+                           "object": {"const": "model"},
+                           "created": {"type": "integer", "description": "0: a bundle does not record it."},
+                           "owned_by": {"const": "nextword"}},
+        },
+        "OpenAIModelList": {
+            "type": "object", "required": ["object", "data"],
+            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("OpenAIModel")}},
+        },
         "Completion": {
             "type": "object",
             "required": ["id", "object", "created", "model", "choices", "usage"],
@@ -643,6 +654,18 @@ def _paths(s: Settings) -> dict:
                 "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"),
             },
+        }},
+        "/v1/models": {"get": {
+            "operationId": "listOpenAIModels", "tags": ["openai"],
+            "summary": "The loaded models in OpenAI's shape (what `client.models.list()` reads)",
+            "responses": {"200": _ok("Every loaded model.", _json(_ref("OpenAIModelList"))), "401": _E401,
+                          "405": _E405},
+        }},
+        "/v1/models/{name}": {"get": {
+            "operationId": "getOpenAIModel", "tags": ["openai"], "summary": "One model in OpenAI's shape",
+            "parameters": [model_name],
+            "responses": {"200": _ok("The model.", _json(_ref("OpenAIModel"))), "401": _E401,
+                          "404": _e404("unknown_model", "not_found"), "405": _E405},
         }},
         "/healthz": {"get": {
             "operationId": "healthz", "tags": ["ops"], "summary": "Liveness: the process answers", **open_,
