@@ -502,8 +502,9 @@ class Generation:
         finally:
             self.close()
 
-    def distribution(self, token: Token) -> np.ndarray:
-        """(vocab,) log-probabilities that `token` was drawn from, for callers that show alternatives (OpenAI's
+    def distribution(self, token: Token):
+        """(vocab,) log-probabilities that `token` was drawn from (a host array, or a device row that `np.asarray`
+        copies over, as `Scheduler.step` gives), for callers that show alternatives (OpenAI's
         `logprobs`). Ask for this generation's tokens in order: the first is the distribution the stream started
         from, each later one costs one model step (the token before it fed again; a row's result never depends on
         its batch, so it is the decode loop's own)."""

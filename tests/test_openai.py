@@ -303,3 +303,19 @@ def test_models_are_listed_in_openais_shape(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.models.retrieve("gpt-4")
     assert e.value.body["code"] == "unknown_model"
+
+
+def test_logprobs_read_device_resident_rows(make_app):
+    """On CUDA log-probabilities stay on the device (service/heads.py); the same heads run on the CPU provider."""
+    from service.heads import Heads
+
+    resident, plain = make_app(), make_app()
+    for scheduler in resident.extensions["nextword"].engine.models.values():
+        rt = scheduler.runtime
+        rt.heads = Heads(rt.bundle.vocab_size, rt.session.get_providers(), "cpu", frozenset({rt.bundle.unk}))
+    body = {"prompt": "the cat", "max_tokens": 5, "seed": 3, "logprobs": 2, "temperature": 0.9}
+    got, want = (app.test_client().post("/v1/completions", json=body).json for app in (resident, plain))
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    a, b = got["choices"][0]["logprobs"], want["choices"][0]["logprobs"]
+    assert a["tokens"] == b["tokens"] and a["token_logprobs"] == pytest.approx(b["token_logprobs"], abs=1e-5)
+    assert [list(t) for t in a["top_logprobs"]] == [list(t) for t in b["top_logprobs"]]

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
 from service.engine import Done, Generation, Token
@@ -255,7 +256,8 @@ def _pieces(generation: Generation, logprobs: int | None, timing: _Timing, log_f
         log_fields["generated"] += 1
         if event.id == bundle.eos or event.id in generation.stream.stop_ids:
             continue  # it ended the generation: no piece of `text`
-        log_probs = generation.distribution(event) if logprobs is not None else None
+        # on CUDA a row lives on the device: it comes over whole, as the chosen word's logprob needs it anyway
+        log_probs = np.asarray(generation.distribution(event)) if logprobs is not None else None
         if log_probs is None:
             yield Piece(joiner.add(event.word))
             continue
