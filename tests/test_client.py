@@ -177,13 +177,7 @@ def test_the_api_key_is_sent_as_a_bearer_token(service_factory):
         other.get_session(sid)  # a session belongs to the key that made it
 
 
-def _has_batch_endpoint(service) -> bool:
-    return "/predict/batch" in requests.get(service.url + "/openapi.json", timeout=30).json()["paths"]
-
-
 def test_predict_batch_answers_each_item_or_its_typed_error(nw, service):
-    if not _has_batch_endpoint(service):
-        pytest.skip("POST /predict/batch is not served by this build yet (the lead's branch adds it)")
     sid = nw.create_session()["session_id"]
     results = nw.predict_batch([{"text": "the cat", "top_k": 2}, {"text": "a dog", "model": "no-such-model"},
                                 {"text": "the bird", "session_id": sid}])

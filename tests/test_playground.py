@@ -62,17 +62,8 @@ def page(browser, service):
     context.close()
 
 
-def scores_served(service) -> bool:
-    """Whether this build's /predict takes `scores` (added on the lead's branch; the page reads the same)."""
-    spec = requests.get(service.url + "/openapi.json", timeout=30).json()
-    return "scores" in spec["components"]["schemas"]["PredictRequest"]["properties"]
-
-
 def api_predict(service, text: str) -> dict:
-    body = {"text": text, "top_k": 10}
-    if scores_served(service):
-        body["scores"] = True
-    response = requests.post(service.url + "/predict", json=body, timeout=30)
+    response = requests.post(service.url + "/predict", json={"text": text, "top_k": 10, "scores": True}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -120,10 +111,9 @@ def test_type_see_suggestions_accept_one_and_stream(page, service):
     # each typed word coloured by its probability, the numbers the API gives
     titles = page.eval_on_selector_all("#surprise span", "spans => spans.map(s => [s.textContent, s.title])")
     assert [word for word, _ in titles] == expected["tokens"]
-    if scores_served(service):
-        for (word, title), score in zip(titles, expected["scores"], strict=True):
-            assert score["word"] == word and title.startswith("p = "), title
-            assert float(title.split()[2]) == pytest.approx(score["probability"], rel=5e-3)
+    for (word, title), score in zip(titles, expected["scores"], strict=True):
+        assert score["word"] == word and title.startswith("p = "), title
+        assert float(title.split()[2]) == pytest.approx(score["probability"], rel=5e-3)
 
     # the second word that is not the end of the line: a real choice, and a word to continue from
     word = [w for w in shown_words(page) if w != "<eos>"][1]

@@ -25,7 +25,6 @@
     epoch: 0,  // bumped when the model or the mode changes
     timer: 0,  // the pending debounce
     inflight: null,  // AbortController of the running stateless prediction
-    scoresSupported: true,  // false once the service refused `scores` (an older server)
     session: null,  // session mode: {id, model}
     fed: "",  // session mode: the text the session has read, exactly
     feeding: null,  // session mode: the promise of the feed in flight
@@ -58,16 +57,9 @@
     return data;
   }
 
-  async function predict(body, signal) {
-    if (state.scoresSupported) {
-      try {
-        return await api("POST", "/predict", {...body, scores: true}, signal);
-      } catch (e) {
-        if (!(e instanceof ApiError && e.field === "scores")) throw e;
-        state.scoresSupported = false;  // an older service: no colours, predictions still work
-      }
-    }
-    return api("POST", "/predict", body, signal);
+  // The distribution after the text, and each token's probability given the tokens before it (`scores`).
+  function predict(body, signal) {
+    return api("POST", "/predict", {...body, scores: true}, signal);
   }
 
   // Reads an event stream from a fetch response (EventSource cannot POST): calls on[type](data).
@@ -144,10 +136,6 @@
     }));
   }
 
-  function scoredOf(answer) {
-    return answer.scores || answer.tokens.map((word) => ({word}));
-  }
-
   function clearPrediction() {
     ui.bars.replaceChildren();
     state.scored = [];
@@ -180,7 +168,7 @@
       const answer = await predict({text, model: ui.model.value || null, top_k: TOP_K}, controller.signal);
       if (seq !== state.seq) return;
       showBars(answer.predictions);
-      state.scored = scoredOf(answer);
+      state.scored = answer.scores;
       showSurprise();
       setStatus(`${answer.tokens.length} tokens read · ${Math.round(performance.now() - started)} ms`);
     } catch (e) {
@@ -227,7 +215,7 @@
       const answer = await predict({text: finished, session_id: session.id, top_k: TOP_K});
       if (state.session !== session) return;  // the model or mode changed meanwhile: a new session follows
       state.fed += finished;  // the session has read it, whatever the page shows next
-      state.scored.push(...scoredOf(answer));
+      state.scored.push(...answer.scores);
       if (seq === state.seq) {
         showBars(answer.predictions);
         showSurprise();
@@ -297,11 +285,7 @@
       const last = tokens[tokens.length - 1].word;
       const tail = done.finish_reason === "eos" ? "\n" : done.finish_reason === "stop" ? ` ${last} ` : " ";
       ui.text.value = base + done.text + (done.text || done.finish_reason !== "stop" ? tail : tail.trimStart());
-      if (sessionMode) {
-        state.fed = ui.text.value;
-        if (body.text) state.scored.push(...prompt.trim().split(/\s+/).map((word) => ({word})));
-        state.scored.push(...tokens.map(({word, probability}) => ({word, probability})));
-      }
+      if (sessionMode) state.fed = ui.text.value;
       setStatus(`${done.tokens} tokens, finish: ${done.finish_reason}`);
     } catch (e) {
       if (e.name === "AbortError") setStatus("stopped");
@@ -318,14 +302,15 @@
     else refresh();
   }
 
-  // The bars after a generation in session mode: the session has read everything, and a prediction
-  // needs new text, so ask statelessly for the same context (the same distribution for a session that
-  // started at a line start); the colours keep the session's own scores.
+  // The bars and colours after a generation in session mode: the session has read everything, and a
+  // prediction needs new text, so ask statelessly for the same context (the same distribution for a
+  // session that started at a line start).
   async function showAfterGeneration() {
     const seq = ++state.seq;
     try {
-      const answer = await api("POST", "/predict", {text: ui.text.value, model: state.session.model, top_k: TOP_K});
+      const answer = await predict({text: ui.text.value, model: ui.model.value || null, top_k: TOP_K});
       if (seq !== state.seq) return;
+      state.scored = answer.scores;
       showBars(answer.predictions);
       showSurprise();
     } catch (e) {
@@ -334,16 +319,6 @@
   }
 
   // --- wiring --------------------------------------------------------------------------------------
-
-  // Does this service score each typed word (`scores` in /predict)? Read from its OpenAPI document.
-  async function detectScores() {
-    try {
-      const doc = await (await fetch("/openapi.json")).json();
-      state.scoresSupported = Boolean(doc.components.schemas.PredictRequest.properties.scores);
-    } catch (e) {
-      state.scoresSupported = true;  // unknown: try, and fall back on the first refusal
-    }
-  }
 
   async function loadModels() {
     try {
@@ -381,5 +356,5 @@
     if (state.session) fetch(`/sessions/${state.session.id}`, {method: "DELETE", headers: headers(), keepalive: true});
   });
   ui.key.value = sessionStorage.getItem("nextword-api-key") || "";
-  detectScores().then(loadModels);
+  loadModels();
 })();
