@@ -194,3 +194,26 @@ def test_stop_ends_a_stream_and_the_page_recovers(slow_page):
     assert text.startswith("my friend ") and len(text.split()) >= 3  # the token received stays
     wait_for_bars(page, [p["word"] for p in api_predict(service, text)["predictions"]])
     assert page.problems == []
+
+
+def test_docs_renders_every_operation_without_leaving_the_service(browser, service):
+    """/docs is Swagger UI from packaged files: it draws each operation of /openapi.json, and the
+    browser asks nothing of any other host (no CDN, no validator badge)."""
+    spec = requests.get(service.url + "/openapi.json", timeout=30).json()
+    operations = sum(1 for item in spec["paths"].values() for method in item
+                     if method in ("get", "post", "put", "patch", "delete"))
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    elsewhere, problems = [], []
+    page.on("request", lambda request: elsewhere.append(request.url)
+            if not request.url.startswith((service.url + "/", "data:")) else None)
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    try:
+        page.goto(service.url + "/docs/")
+        page.wait_for_function("n => document.querySelectorAll('.opblock').length === n", arg=operations)
+        assert page.locator(".info .title").inner_text().startswith(spec["info"]["title"])
+    finally:
+        context.close()
+    assert elsewhere == [] and problems == []
