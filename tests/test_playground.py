@@ -183,6 +183,7 @@ def test_stop_ends_a_stream_and_the_page_recovers(slow_page):
     page, service = slow_page
     page.fill("#text", "my friend ")  # a verb and an object follow: the line does not end for a few tokens
     page.fill("#max-tokens", "50")
+    page.fill("#temperature", "0.05")  # near-greedy: the tiny model's likeliest line runs a few tokens
     watch_status(page)
     page.click("#generate")
     page.wait_for_function("window.statusLines.includes('streaming: 1 tokens')")
