@@ -291,7 +291,8 @@
       if (e.name === "AbortError") setStatus("stopped");
       else showError(e);
     } finally {
-      if (sessionMode && !committed) state.session = null;  // unknown how much it kept: start over next time
+      // A cut generation keeps nothing, unless it had just committed: the page cannot tell, so it starts over.
+      if (sessionMode && !committed) state.session = null;
       if (!sessionMode && sid) api("DELETE", `/sessions/${sid}`).catch(() => {});
       state.streaming = null;
       ui.generate.disabled = false;
