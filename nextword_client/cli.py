@@ -115,8 +115,24 @@ def _sessions(nw: Client, args) -> None:
         nw.delete_session(args.session_id)
 
 
+def _session_ids_as_values(argv: list[str]) -> list[str]:
+    """Session ids are base64url and may begin with `-`, which argparse would take for an option:
+    `--session ID` becomes `--session=ID`, and `sessions show|delete ID` gets a `--` before the id."""
+    out = []
+    for i, arg in enumerate(argv):
+        before = argv[i - 1] if i else ""
+        if before == "--session" and arg.startswith("-"):
+            out[-1] = f"--session={arg}"
+            continue
+        if (before in ("show", "delete") and "sessions" in argv[:i] and arg.startswith("-")
+                and arg not in ("--", "-h", "--help")):
+            out.append("--")
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_session_ids_as_values(sys.argv[1:] if argv is None else list(argv)))
     run = {"predict": _predict, "generate": _generate, "sessions": _sessions,
            "models": lambda nw, _: _print_json(nw.models())}[args.command]
     try:

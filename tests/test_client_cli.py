@@ -66,6 +66,23 @@ def test_sessions_create_show_delete(service):
     assert gone.stderr.startswith("error: session_not_found [404]") and len(gone.stderr.splitlines()) == 1
 
 
+def test_a_session_id_that_starts_with_a_dash_is_still_an_id(service):
+    """Ids are base64url, so one in 64 begins with `-`, which argparse alone would read as an option."""
+    for _ in range(2000):
+        sid = requests.post(service.url + "/sessions", timeout=30).json()["session_id"]
+        if sid.startswith("-"):
+            break
+    else:
+        pytest.fail("no session id began with '-' in 2000 tries")
+    fed = nextword("predict", "the cat", "--session", sid, url=service.url)
+    assert fed.returncode == 0, fed.stderr
+    assert json.loads(nextword("sessions", "show", sid, url=service.url).stdout)["tokens"] == 2
+    generated = nextword("generate", "--session", sid, "--max-tokens", "2", url=service.url)
+    assert generated.returncode == 0, generated.stderr
+    assert nextword("sessions", "delete", sid, url=service.url).returncode == 0
+    assert nextword("sessions", "show", sid, url=service.url).returncode == 1
+
+
 def test_generate_prints_tokens_as_they_arrive(service, client):
     seed, drained = long_seed(client, LONG)
     sid = nextword("sessions", "create", url=service.url).stdout.strip()
