@@ -78,6 +78,7 @@ class Settings:
     graceful_timeout: int = 30  # seconds in-flight requests get after SIGTERM
     prometheus_dir: Path = Path("var/prometheus")  # PROMETHEUS_MULTIPROC_DIR when the launcher sets it
     cors_origins: tuple[str, ...] = ()  # none: only same-origin pages (the playground at /) may call the API from a browser
+    request_read_timeout_s: float = 5.0  # a request's head, and then its body, must each arrive within this; else 408
 
     def __post_init__(self) -> None:
         reserved = max(2, self.threads // 4)  # threads streams may never take: /healthz, /predict, ... stay served
@@ -129,6 +130,8 @@ class Settings:
             graceful_timeout=_int(env, "NEXTWORD_GRACEFUL_TIMEOUT", cls.graceful_timeout, 1, 3600),
             prometheus_dir=Path(_get(env, "PROMETHEUS_MULTIPROC_DIR", str(cls.prometheus_dir))),
             cors_origins=_origins(env, "NEXTWORD_CORS_ORIGINS"),
+            request_read_timeout_s=_float(env, "NEXTWORD_REQUEST_READ_TIMEOUT_S", cls.request_read_timeout_s, 0.1,
+                                          3600.0),
         )
 
     def describe(self) -> dict:

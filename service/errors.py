@@ -113,6 +113,40 @@ class ModelUnavailable(ServiceError):
     status, code = 503, "model_unavailable"
 
 
+# Rejected by the HTTP worker (service/worker.py) before a request reaches the app.
+
+class MalformedRequest(ServiceError):
+    """The HTTP request line, headers or chunked framing break the protocol."""
+    status, code = 400, "malformed_request"
+
+
+class RequestTimeout(ServiceError):
+    """The request's head or body did not arrive in time (NEXTWORD_REQUEST_READ_TIMEOUT_S)."""
+    status, code = 408, "request_timeout"
+
+
+class URITooLong(ServiceError):
+    """The request line exceeds the size limit."""
+    status, code = 414, "uri_too_long"
+
+
+class ExpectationFailed(ServiceError):
+    """An Expect header other than 100-continue."""
+    status, code = 417, "expectation_failed"
+
+
+class HeadersTooLarge(ServiceError):
+    """Too many or too large header fields."""
+    status, code = 431, "headers_too_large"
+
+
+class TransferCodingNotImplemented(ServiceError):
+    """A Transfer-Encoding other than chunked."""
+    status, code = 501, "transfer_coding_not_implemented"
+
+
 ERROR_TYPES = [InvalidInput, InvalidJSON, Unauthorized, NotFound, UnknownModel, SessionNotFound, MethodNotAllowed,
                NotAcceptable, SessionConflict, ModelMismatch, PreconditionFailed, PayloadTooLarge,
-               UnsupportedMediaType, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable]
+               UnsupportedMediaType, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable,
+               MalformedRequest, RequestTimeout, URITooLong, ExpectationFailed, HeadersTooLarge,
+               TransferCodingNotImplemented]

@@ -14,8 +14,9 @@ _settings = Settings.from_env()
 bind = [_settings.bind]
 backlog = 2048
 
-# --- workers: gthread = one thread per in-flight request or stream; onnxruntime releases the GIL
-worker_class = "gthread"
+# --- workers: gthread (one thread per in-flight request or stream; onnxruntime releases the GIL), with requests
+#     read in the event loop under a deadline (service/worker.py), so slow clients hold no thread
+worker_class = "service.worker.BufferingWorker"  # gthread that hands threads only complete requests
 workers = _settings.workers
 threads = _settings.threads
 preload_app = False  # onnxruntime sessions and Redis pools must be built after the fork
