@@ -90,6 +90,7 @@ def test_protocol_rejections_are_json(service, raw, status, code):
     assert len(headers["x-request-id"]) == 32
     assert _error(body)["code"] == code
     assert requests.get(service.url + "/healthz", timeout=5).status_code == 200
+    assert '"level": "error"' not in service.log()  # a client's mistake is no traceback in the log
 
 
 def test_a_slow_head_and_a_slow_body_get_408(service):

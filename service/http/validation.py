@@ -26,6 +26,8 @@ def json_body(allowed: set[str]) -> dict:
         body = json.loads(text, parse_constant=_reject_constant)
     except ValueError as e:
         raise InvalidJSON(f"body is not valid JSON: {e}") from None
+    except RecursionError:  # the decoder recurses per nesting level; no field of ours nests more than twice
+        raise InvalidJSON("body is nested too deeply to parse") from None
     if not isinstance(body, dict):
         raise InvalidJSON("body must be a JSON object")
     for name in body:
