@@ -204,7 +204,7 @@ def test_the_service_logs_json_startup_lines_without_secrets(service_factory, re
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         assert all(line.startswith("{") for line in text.splitlines() if line.strip()), "every line is JSON"
         (starting,) = [line for line in lines if line["msg"] == "service starting"]
-        assert starting["workers"] == 2 and starting["threads"] == 4 and starting["worker_class"] == "gthread"
+        assert starting["workers"] == 2 and starting["threads"] == 4 and starting["worker_class"] == "service.worker.BufferingWorker"
         assert starting["redis_url"].startswith("redis://:***@127.0.0.1:")
         assert starting["api_keys"] == "1 configured" and starting["device"] == "cpu"
         loaded = {(line["pid"], line["model"], line["provider"]) for line in lines if line["msg"] == "model loaded"}
