@@ -42,6 +42,14 @@ def _float(env: dict, name: str, default: float, low: float, high: float) -> flo
     return _number(env, name, default, low, high, float)
 
 
+def _size(env: dict, name: str, default: str) -> str:
+    """A redis.conf memory size: digits with an optional kb/mb/gb unit ("0" = no limit)."""
+    raw = _get(env, name, default).lower()
+    if not re.fullmatch(r"[0-9]+(kb|mb|gb|k|m|g|b)?", raw):
+        raise ConfigError(f"{name}={raw!r} must be a size such as 256mb or 2gb")
+    return raw
+
+
 def _bool(env: dict, name: str, default: bool) -> bool:
     raw = _get(env, name, "true" if default else "false").lower()
     if raw in ("1", "true", "yes", "on"):
@@ -79,6 +87,7 @@ class Settings:
     prometheus_dir: Path = Path("var/prometheus")  # PROMETHEUS_MULTIPROC_DIR when the launcher sets it
     cors_origins: tuple[str, ...] = ()  # none: only same-origin pages (the playground at /) may call the API from a browser
     request_read_timeout_s: float = 5.0  # a request's head, and then its body, must each arrive within this; else 408
+    redis_maxmemory: str = "256mb"  # memory limit of the embedded Redis (redis.conf size); sessions idle longest go first
 
     def __post_init__(self) -> None:
         reserved = max(2, self.threads // 4)  # threads streams may never take: /healthz, /predict, ... stay served
@@ -132,6 +141,7 @@ class Settings:
             cors_origins=_origins(env, "NEXTWORD_CORS_ORIGINS"),
             request_read_timeout_s=_float(env, "NEXTWORD_REQUEST_READ_TIMEOUT_S", cls.request_read_timeout_s, 0.1,
                                           3600.0),
+            redis_maxmemory=_size(env, "NEXTWORD_REDIS_MAXMEMORY", cls.redis_maxmemory),
         )
 
     def describe(self) -> dict:
@@ -159,3 +169,26 @@ def _redact_url(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0] if ":" in creds else ""
     return f"{scheme}://{user}:***@{host}"
+
+
+def settings_help() -> str:
+    """One line per setting: its environment variable, default and meaning, for `python -m service --help`.
+
+    Read from `Settings`' own source (the comment on each field, the variable `from_env` reads for it), so the
+    help cannot drift from the code."""
+    import inspect
+
+    source = inspect.getsource(Settings)
+    comments = dict(re.findall(r"^    (\w+): [^=\n]+= [^\n]*?  # ([^\n]+)$", source, re.M))
+    variables = dict(re.findall(r'^            (\w+)=[^\n]*?"((?:NEXTWORD|REDIS|PROMETHEUS)_\w+)"', source, re.M))
+    variables.update((name, var) for name, var in re.findall(r'^        (\w+) = _get\(env, "(\w+)"', source, re.M)
+                     if name not in variables)
+    variables["api_keys"] = "NEXTWORD_API_KEYS, NEXTWORD_API_KEYS_FILE"
+    defaults = Settings()
+    lines = []
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        lines.append(f"  {variables.get(f.name, f.name)} (default: {shown or 'empty'})\n"
+                     f"      {comments.get(f.name, '')}".rstrip())
+    return "\n".join(lines)

@@ -145,8 +145,13 @@ class TransferCodingNotImplemented(ServiceError):
     status, code = 501, "transfer_coding_not_implemented"
 
 
+class StateStoreFull(ServiceError):
+    """Redis is out of memory and evicts nothing more; an operator must act, so no Retry-After."""
+    status, code = 507, "state_store_full"
+
+
 ERROR_TYPES = [InvalidInput, InvalidJSON, Unauthorized, NotFound, UnknownModel, SessionNotFound, MethodNotAllowed,
                NotAcceptable, SessionConflict, ModelMismatch, PreconditionFailed, PayloadTooLarge,
                UnsupportedMediaType, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable,
                MalformedRequest, RequestTimeout, URITooLong, ExpectationFailed, HeadersTooLarge,
-               TransferCodingNotImplemented]
+               TransferCodingNotImplemented, StateStoreFull]

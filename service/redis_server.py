@@ -28,6 +28,12 @@ LOG_NAME = "redis.log"
 SOCKET_NAME = "redis.sock"
 PID_NAME = "redis.pid"  # written by redis-server itself, removed on a clean shutdown
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
+# Memory: every session key carries a sliding TTL, so when Redis is full the sessions to give up are the ones idle
+# longest, which would expire first anyway. volatile-lru evicts among keys with a TTL only, least recently used
+# first (volatile-ttl would pick the expiry watcher's 10 s lease key before any session). Eviction frees memory
+# only while there are such keys; past that, writes fail with OOM and the service answers 507 state_store_full.
+DEFAULT_MAXMEMORY = "256mb"  # ~25 000 sessions of the shipped 2x256 LSTM (about 8 KiB of state each)
+MAXMEMORY_POLICY = "volatile-lru"
 
 
 class RedisServerError(RuntimeError):
@@ -89,11 +95,15 @@ class RedisServer:
     keys survive a restart on the same folder; with `persist=False` nothing is written and SHUTDOWN discards it.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, unix_socket: bool = False, persist: bool = True):
+    def __init__(self, data_dir: Path, port: int | None = None, unix_socket: bool = False, persist: bool = True,
+                 maxmemory: str = DEFAULT_MAXMEMORY, keep_fds: tuple[int, ...] = (), extra_config: tuple[str, ...] = ()):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or None  # None: pick a free one at the first start
         self.unix_socket = unix_socket
         self.persist = persist
+        self.maxmemory = maxmemory  # redis.conf size ("256mb"); "0" = no limit
+        self.keep_fds = tuple(keep_fds)  # descriptors the server inherits (the launcher's lock)
+        self.extra_config = tuple(extra_config)  # more redis.conf lines (cluster or replica settings in tests)
         self.url = ""  # set by start(); kept after stop() so a restart serves the same URL
         self._proc: subprocess.Popen | None = None
         self._owner_pid = 0  # the process that started the server; forked children never stop it
@@ -196,7 +206,10 @@ class RedisServer:
             'save ""',  # no RDB snapshots: persistence (if any) is the AOF below
             f"appendonly {'yes' if self.persist else 'no'}",
             "appendfsync everysec",  # at most ~1 s of writes lost on a crash; flushed fully on SHUTDOWN
+            f"maxmemory {self.maxmemory}",
+            f"maxmemory-policy {MAXMEMORY_POLICY}",
         ]
+        lines += list(self.extra_config)
         if self.unix_socket:
             lines += [f"unixsocket {_quote(str(self.socket_path))}", "unixsocketperm 700"]
         return "\n".join(lines) + "\n"
@@ -206,7 +219,7 @@ class RedisServer:
         config.write_text(self._config(), encoding="utf-8")
         with open(self.data_dir / LOG_NAME, "wb") as log_file:  # this start's output only; the child keeps the fd
             self._proc = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=log_file,
-                                          stderr=subprocess.STDOUT, cwd=self.data_dir)
+                                          stderr=subprocess.STDOUT, cwd=self.data_dir, pass_fds=self.keep_fds)
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:

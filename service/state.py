@@ -33,7 +33,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.errors import InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreUnavailable
+from service.errors import (InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
+                            StateStoreUnavailable)
 from service.metrics import EXPIRY_WATCHER, REDIS_ERRORS, REDIS_LATENCY, SESSIONS_EXPIRED
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ FIELDS = ("model", "digest", "version", "tokens", "state", "created", "updated",
 
 SOCKET_TIMEOUT_S = 2.0  # a healthy Redis answers in well under a millisecond; 2 s means it is not healthy
 HEALTH_CHECK_INTERVAL_S = 30  # PING a pooled connection that sat idle this long before reusing it
+FULL_LOG_INTERVAL_S = 30.0  # at most one log line per interval while Redis refuses writes for want of memory
 
 CREATE_SCRIPT = """
 -- KEYS[1] = session key
@@ -305,6 +307,11 @@ class SessionStore:
             raise _not_found()
         return _record(session_id, values, 0)
 
+    @property
+    def full_at(self) -> float:
+        """time.monotonic() of this process's last write refused for want of memory (0: never); /readyz reads it."""
+        return OUT_OF_MEMORY.at
+
     def ping(self) -> None:
         """Raises StateStoreUnavailable when Redis does not answer (for /readyz)."""
         with self._call("ping"):
@@ -332,9 +339,36 @@ class SessionStore:
             REDIS_LATENCY.labels(operation=operation).observe(time.perf_counter() - start)
 
 
+class _OutOfMemory:
+    """Writes Redis refused for want of memory in this process: when the last one was (for /readyz), and one log
+    line per FULL_LOG_INTERVAL_S with a count, instead of a trace per request."""
+
+    def __init__(self):
+        self.at = 0.0  # time.monotonic() of the last refusal; 0: never
+        self._refused = 0  # since the last log line
+        self._logged_at = -FULL_LOG_INTERVAL_S
+        self._lock = threading.Lock()
+
+    def note(self, operation: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.at, self._refused = now, self._refused + 1
+            if now - self._logged_at >= FULL_LOG_INTERVAL_S:
+                log.warning("redis is out of memory (maxmemory reached, nothing left to evict): %d write(s) refused "
+                            "since the last report, the latest a %s", self._refused, operation)
+                self._logged_at, self._refused = now, 0
+
+
+OUT_OF_MEMORY = _OutOfMemory()
+
+
 def _store_error(operation: str, e: redis.RedisError) -> ServiceError:
     """The one mapping from a redis-py failure to a domain error (counted and logged here)."""
     REDIS_ERRORS.labels(operation=operation).inc()
+    if isinstance(e, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(e):
+        OUT_OF_MEMORY.note(operation)
+        return StateStoreFull("the session store is full (Redis is out of memory); existing sessions can still be "
+                              "read, new state cannot be written until memory is freed")
     if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)):
         log.warning("redis %s failed: %s: %s", operation, type(e).__name__, e)
     else:  # OOM, MISCONF, WRONGTYPE, a script error...: still the store's fault, but worth a trace

@@ -1,13 +1,19 @@
-"""`python -m service`: the embedded Redis keeps sessions across a restart; bad settings fail clearly."""
+"""`python -m service`: the embedded Redis keeps sessions across a restart and is restarted when it dies; one
+server per folder; bad settings fail clearly; `--help` lists every setting."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import requests
 
-from tests.servers import ROOT, ServiceProcess
+from tests.servers import ROOT, ServiceProcess, wait_for
 
 
 def test_sessions_survive_a_restart_on_the_embedded_redis(models_dir, tmp_path):
@@ -36,3 +42,109 @@ def test_a_bad_setting_is_one_clear_line_and_exit_2():
                           env={"PATH": "/usr/bin:/bin", "NEXTWORD_WORKERS": "many"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["nextword: configuration error: NEXTWORD_WORKERS='many' is not an integer"]
+
+
+def _run_launcher(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+
+
+def test_help_lists_every_setting_and_touches_nothing(tmp_path):
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    (prom / "counter_123.db").write_bytes(b"samples of a running server")
+    proc = _run_launcher({"PROMETHEUS_MULTIPROC_DIR": str(prom), "NEXTWORD_REDIS_DIR": str(tmp_path / "redis"),
+                          "REDIS_URL": ""}, "--help")
+    assert proc.returncode == 0, proc.stderr
+    for variable in ("NEXTWORD_BIND", "REDIS_URL", "NEXTWORD_WORKERS", "NEXTWORD_DEVICE", "NEXTWORD_LOG_LEVEL",
+                     "NEXTWORD_API_KEYS_FILE", "NEXTWORD_REQUEST_READ_TIMEOUT_S", "NEXTWORD_REDIS_MAXMEMORY",
+                     "PROMETHEUS_MULTIPROC_DIR"):
+        assert variable in proc.stdout
+    assert "(default: 127.0.0.1:8000)" in proc.stdout
+    assert [p.name for p in prom.iterdir()] == ["counter_123.db"]
+    assert not (tmp_path / "redis").exists()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _embedded(tmp_path, models_dir) -> ServiceProcess:
+    return ServiceProcess(models_dir, "", tmp_path / "run", REDIS_URL="", NEXTWORD_REDIS_DIR=str(tmp_path / "redis"),
+                          PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+
+
+def _redis_pid(tmp_path) -> int:
+    return int((tmp_path / "redis" / "redis.pid").read_text())
+
+
+def test_a_killed_embedded_redis_is_restarted_with_its_sessions(models_dir, tmp_path):
+    service = _embedded(tmp_path, models_dir).start()
+    try:
+        sid = requests.post(service.url + "/sessions", json={}, timeout=10).json()["session_id"]
+        assert requests.post(service.url + "/predict", json={"session_id": sid, "text": "the cat"},
+                             timeout=10).status_code == 200
+        time.sleep(1.5)  # appendfsync everysec: the AOF holds the write after at most a second
+        first = _redis_pid(tmp_path)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: requests.get(service.url + "/readyz", timeout=5).status_code == 200
+                 and _redis_pid(tmp_path) != first, timeout=30, what="a new embedded Redis")
+        info = requests.get(f"{service.url}/sessions/{sid}", timeout=10)
+        assert info.status_code == 200 and info.json()["tokens"] == 2
+        assert "embedded Redis (pid" in service.log() and "restarting it" in service.log()
+    finally:
+        assert service.stop() == 0
+
+
+def test_a_second_launch_in_the_same_folder_touches_nothing(models_dir, tmp_path):
+    service = _embedded(tmp_path, models_dir).start()
+    try:
+        sid = requests.post(service.url + "/sessions", json={}, timeout=10).json()["session_id"]
+        requests.get(service.url + "/metrics", timeout=10)
+        files = sorted(p.name for p in (tmp_path / "prom").glob("*.db"))
+        assert files
+        proc = _run_launcher({**service.env, "NEXTWORD_BIND": "127.0.0.1:1"})  # bind is never reached
+        assert proc.returncode == 1
+        (line,) = proc.stderr.strip().splitlines()
+        assert "already running" in line and f"launcher pid {service.proc.pid}" in line
+        assert sorted(p.name for p in (tmp_path / "prom").glob("*.db")) == files
+        assert requests.get(f"{service.url}/sessions/{sid}", timeout=10).status_code == 200
+    finally:
+        assert service.stop() == 0
+
+
+def test_children_of_a_killed_launcher_are_reported_in_one_line(models_dir, tmp_path):
+    service = _embedded(tmp_path, models_dir).start()
+    redis_pid = _redis_pid(tmp_path)
+    gunicorn_pid = None
+    try:
+        held = json.loads((tmp_path / "prom" / "launcher.lock").read_text())
+        gunicorn_pid = held["gunicorn"]
+        assert held["launcher"] == service.proc.pid and held["redis"] == redis_pid
+        service.proc.kill()
+        service.proc.wait()
+        assert _pid_alive(gunicorn_pid) and _pid_alive(redis_pid)
+        proc = _run_launcher(service.env)
+        assert proc.returncode == 1
+        (line,) = proc.stderr.strip().splitlines()
+        assert f"dead launcher (pid {service.proc.pid})" in line
+        assert f"gunicorn pid {gunicorn_pid}" in line and f"redis-server pid {redis_pid}" in line
+        assert f"kill {gunicorn_pid} {redis_pid}" in line
+        assert _pid_alive(gunicorn_pid) and _pid_alive(redis_pid)  # reported, not touched
+    finally:
+        for pid in (gunicorn_pid, redis_pid):
+            if pid and _pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not any(pid and _pid_alive(pid) for pid in (gunicorn_pid, redis_pid)), timeout=30,
+                 what="the orphans to stop")
+    again = _embedded(tmp_path, models_dir)
+    again.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
+    again.start()  # with the orphans gone the folder is free again
+    assert again.stop() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, jsonify
 
 from service import metrics
@@ -10,6 +12,7 @@ from service.http.context import services
 from service.http.openapi import spec
 
 bp = Blueprint("ops", __name__)
+FULL_REPORT_S = 30.0  # /readyz says "full" this long after this worker's last write refused for want of memory
 
 
 @bp.get("/healthz")
@@ -28,6 +31,13 @@ def readyz():
         response = jsonify({"status": "unavailable", "models": models, "redis": error.message})
         response.status_code = 503
         response.headers["Retry-After"] = "1"
+        return response
+    full_for = time.monotonic() - engine.store.full_at
+    if engine.store.full_at and full_for < FULL_REPORT_S:  # reachable, but refusing writes: sessions cannot work
+        response = jsonify({"status": "unavailable", "models": models,
+                            "redis": f"full: out of memory, a write was refused {full_for:.0f} s ago"})
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
         return response
     return jsonify({"status": "ready", "models": models, "redis": "ok"})
 

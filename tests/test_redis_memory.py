@@ -1,0 +1,83 @@
+"""Redis memory: the embedded Redis's limit and eviction policy, and a full Redis as a distinct, quiet error."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import redis as redis_py
+
+from service.redis_server import MAXMEMORY_POLICY
+
+
+@pytest.fixture
+def admin(restartable_redis):
+    client = redis_py.Redis.from_url(restartable_redis.url)
+    yield client
+    client.config_set("maxmemory", "0")
+    client.config_set("maxmemory-policy", MAXMEMORY_POLICY)
+    client.close()
+
+
+@pytest.fixture
+def client_on(make_settings, restartable_redis):
+    from service.http.app import create_app
+
+    app = create_app(make_settings(redis_url=restartable_redis.url))
+    yield app.test_client()
+    for runtime in app.extensions["nextword"].engine.runtimes.values():
+        runtime.close()
+
+
+def test_the_embedded_redis_has_a_limit_and_evicts_only_keys_with_a_ttl(admin):
+    config = admin.config_get("maxmemory*")
+    assert int(config["maxmemory"]) == 256 * 1024 * 1024
+    assert config["maxmemory-policy"] == MAXMEMORY_POLICY == "volatile-lru"
+
+
+def test_a_full_redis_evicts_the_sessions_idle_longest(client_on, admin):
+    def fed_session() -> str:
+        sid = client_on.post("/sessions").json["session_id"]
+        assert client_on.post("/predict", json={"text": "the cat", "session_id": sid}).status_code == 200
+        return sid
+
+    base = int(admin.info("memory")["used_memory"])
+    old = [fed_session() for _ in range(200)]
+    per_session = (int(admin.info("memory")["used_memory"]) - base) / len(old)
+    time.sleep(2.1)  # Redis's LRU clock ticks once a second: the newer sessions must be visibly newer
+    new = [fed_session() for _ in range(20)]
+    admin.config_set("maxmemory", str(int(admin.info("memory")["used_memory"] - 60 * per_session)))
+    for sid in new:  # the newest sessions keep working while the oldest make room
+        assert client_on.post("/predict", json={"text": "eats", "session_id": sid}).status_code == 200
+    assert int(admin.info("stats")["evicted_keys"]) >= 40
+    assert all(client_on.get(f"/sessions/{sid}").json["tokens"] == 3 for sid in new)
+    gone = [sid for sid in old if client_on.get(f"/sessions/{sid}").status_code == 404]
+    assert len(gone) >= 40  # evicted sessions are simply unknown, as if they had expired
+
+
+def test_out_of_memory_is_507_logged_once_and_reported_by_readyz(client_on, admin, caplog):
+    """With volatile-lru a session write evicts idle sessions (even its own) before Redis refuses it; Redis
+    refuses writes outright when nothing is evictable, or under `noeviction` (the default of a Redis configured
+    by someone else): that is the case here."""
+    sid = client_on.post("/sessions").json["session_id"]
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.set("nextword:test:ballast", b"x" * 2_000_000)
+    admin.config_set("maxmemory", str(int(admin.info("memory")["used_memory"]) - 1_000_000))
+    with caplog.at_level(logging.INFO):
+        answers = [client_on.post("/predict", json={"text": "the", "session_id": sid}) for _ in range(5)]
+        answers.append(client_on.post("/sessions"))
+    for answer in answers:
+        assert answer.status_code == 507
+        assert answer.json["error"]["code"] == "state_store_full"
+        assert "Retry-After" not in answer.headers
+    assert client_on.post("/predict", json={"text": "the"}).status_code == 200  # stateless predict still works
+    assert client_on.get(f"/sessions/{sid}").status_code == 200  # reads still work
+    full = [r for r in caplog.records if "out of memory" in r.getMessage()]
+    assert len(full) == 1 and full[0].levelno == logging.WARNING
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    ready = client_on.get("/readyz")
+    assert ready.status_code == 503 and ready.json["redis"].startswith("full")
+
+    admin.config_set("maxmemory", "0")
+    assert client_on.post("/predict", json={"text": "the", "session_id": sid}).status_code == 200
