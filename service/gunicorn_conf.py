@@ -59,8 +59,12 @@ _expiry_watcher = None  # per worker process, set after the fork
 def post_worker_init(worker):
     """Every worker offers to count session expirations; a Redis lease lets one process per Redis do it."""
     global _expiry_watcher
+    from service.redis_client import is_cluster
     from service.state import ExpiryWatcher
 
+    if is_cluster(_settings.redis_url):  # keyspace events are per node: one watcher would see a third of them
+        logs.log_event(logging.getLogger("nextword"), "session expirations are not counted on Redis Cluster")
+        return
     _expiry_watcher = ExpiryWatcher.from_url(_settings.redis_url).start()
 
 

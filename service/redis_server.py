@@ -96,7 +96,8 @@ class RedisServer:
     """
 
     def __init__(self, data_dir: Path, port: int | None = None, unix_socket: bool = False, persist: bool = True,
-                 maxmemory: str = DEFAULT_MAXMEMORY, keep_fds: tuple[int, ...] = (), extra_config: tuple[str, ...] = ()):
+                 maxmemory: str = DEFAULT_MAXMEMORY, keep_fds: tuple[int, ...] = (), extra_config: tuple[str, ...] = (),
+                 extra_args: tuple[str, ...] = ()):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or None  # None: pick a free one at the first start
         self.unix_socket = unix_socket
@@ -104,6 +105,7 @@ class RedisServer:
         self.maxmemory = maxmemory  # redis.conf size ("256mb"); "0" = no limit
         self.keep_fds = tuple(keep_fds)  # descriptors the server inherits (the launcher's lock)
         self.extra_config = tuple(extra_config)  # more redis.conf lines (cluster or replica settings in tests)
+        self.extra_args = tuple(extra_args)  # more command-line arguments ("--sentinel" in tests)
         self.url = ""  # set by start(); kept after stop() so a restart serves the same URL
         self._proc: subprocess.Popen | None = None
         self._owner_pid = 0  # the process that started the server; forked children never stop it
@@ -218,7 +220,7 @@ class RedisServer:
         config = self.data_dir / CONFIG_NAME
         config.write_text(self._config(), encoding="utf-8")
         with open(self.data_dir / LOG_NAME, "wb") as log_file:  # this start's output only; the child keeps the fd
-            self._proc = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=log_file,
+            self._proc = subprocess.Popen([binary, str(config), *self.extra_args], stdin=subprocess.DEVNULL, stdout=log_file,
                                           stderr=subprocess.STDOUT, cwd=self.data_dir, pass_fds=self.keep_fds)
         deadline = time.monotonic() + timeout
         while True:

@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from service.errors import (InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
                             StateStoreUnavailable)
 from service.metrics import EXPIRY_WATCHER, REDIS_ERRORS, REDIS_LATENCY, SESSIONS_EXPIRED
+from service.redis_client import connect, database
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,6 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")  # token_urlsafe alphabet; 22 char
 # `_record` decodes them in this order.
 FIELDS = ("model", "digest", "version", "tokens", "state", "created", "updated", "owner")
 
-SOCKET_TIMEOUT_S = 2.0  # a healthy Redis answers in well under a millisecond; 2 s means it is not healthy
-HEALTH_CHECK_INTERVAL_S = 30  # PING a pooled connection that sat idle this long before reusing it
 FULL_LOG_INTERVAL_S = 30.0  # at most one log line per interval while Redis refuses writes for want of memory
 
 CREATE_SCRIPT = """
@@ -170,17 +167,9 @@ class SessionStore:
 
     @classmethod
     def from_url(cls, url: str, ttl_seconds: int) -> "SessionStore":
-        """redis://, rediss:// (TLS) or unix:// URL. No silent retries: a failed call fails fast, once."""
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            health_check_interval=HEALTH_CHECK_INTERVAL_S,
-            retry=Retry(NoBackoff(), 0),  # a retried CAS whose reply was lost would apply its tokens twice
-            decode_responses=False,  # state is raw bytes
-            client_name="nextword",
-        )
-        return cls(client, ttl_seconds)
+        """One server, Sentinel or Cluster, by the URL's scheme (`service.redis_client`). No silent retries: a
+        failed call fails fast, once (a retried CAS whose reply was lost would apply its tokens twice)."""
+        return cls(connect(url, decode_responses=False, client_name="nextword"), ttl_seconds)  # state is raw bytes
 
     @staticmethod
     def new_id() -> str:
@@ -438,7 +427,7 @@ class ExpiryWatcher:
         self.lease_seconds = float(lease_seconds)
         self.on_expired = on_expired or SESSIONS_EXPIRED.inc
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
-        self.db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self.db = database(client)
         self.channel = f"__keyevent@{self.db}__:expired"
         self.counting = False  # holds the lease and is subscribed
         self._claim = client.register_script(CLAIM_LEASE_SCRIPT)
@@ -450,9 +439,7 @@ class ExpiryWatcher:
     @classmethod
     def from_url(cls, url: str, lease_seconds: float = 10.0,
                  on_expired: Callable[[], None] | None = None) -> "ExpiryWatcher":
-        client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-                                      health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=Retry(NoBackoff(), 0),
-                                      decode_responses=True, client_name="nextword-expiry-watcher")
+        client = connect(url, decode_responses=True, client_name="nextword-expiry-watcher")
         return cls(client, lease_seconds, on_expired)
 
     def start(self) -> "ExpiryWatcher":

@@ -147,19 +147,61 @@ def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
 #   session_store      a SessionStore on redis_url (ttl 60 s)
 #   restartable_redis  a private server for "Redis down" tests: .stop(), .start(), .url
 #                      (the same port and URL after a restart; data is not kept)
+#   redis_cluster      session-scoped 3-master Redis Cluster (tests/redis_topologies.py)
+#   redis_sentinel     session-scoped master + 2 replicas + 3 sentinels; never fail it over in a test
+#   redis_topology     which of them redis_url points at: "single" unless parametrized; the tests of
+#                      TOPOLOGY_MODULES that reach redis_url only through other fixtures run on all three
 # ======================================================================================
+
+import inspect
 
 from service.redis_server import RedisServer
 
+TOPOLOGIES = ("single", "sentinel", "cluster")
+TOPOLOGY_MODULES = {"test_http_sessions", "test_generate"}
+
 
 def _redis_flushall(url: str) -> None:
-    import redis
+    from service.redis_client import connect
 
-    client = redis.Redis.from_url(url, socket_timeout=5)
+    client = connect(url)
     try:
         client.flushall()
     finally:
         client.close()
+
+
+def pytest_generate_tests(metafunc):
+    """The session and generation suites run against every topology, except tests that talk to Redis directly
+    (they ask for redis_url or a private server themselves)."""
+    if metafunc.module.__name__.rpartition(".")[2] not in TOPOLOGY_MODULES:
+        return
+    own = inspect.signature(metafunc.function).parameters
+    if "redis_topology" in metafunc.fixturenames and "redis_url" not in own and "restartable_redis" not in own:
+        metafunc.parametrize("redis_topology", TOPOLOGIES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    from tests.redis_topologies import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory):
+    from tests.redis_topologies import LocalSentinel
+
+    sentinel = LocalSentinel(tmp_path_factory.mktemp("redis-sentinel")).start()
+    yield sentinel
+    sentinel.stop()
+
+
+@pytest.fixture
+def redis_topology(request) -> str:
+    return getattr(request, "param", "single")
 
 
 @pytest.fixture(scope="session")
@@ -171,10 +213,12 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture
-def redis_url(redis_server) -> str:
-    _redis_flushall(redis_server.url)
-    yield redis_server.url
-    _redis_flushall(redis_server.url)
+def redis_url(request, redis_topology) -> str:
+    server = {"single": "redis_server", "sentinel": "redis_sentinel", "cluster": "redis_cluster"}[redis_topology]
+    url = request.getfixturevalue(server).url
+    _redis_flushall(url)
+    yield url
+    _redis_flushall(url)
 
 
 @pytest.fixture
