@@ -148,11 +148,14 @@ class BufferingWorker(ThreadWorker):
         super().finish_request(conn, fs)
 
     def murder_pending(self):
-        """Called by gunicorn's loop about once a second: requests past their deadline get 408."""
+        """Called by gunicorn's loop about once a second: requests past their deadline get 408; once the worker is
+        stopping, idle connections are closed at once instead of holding the graceful shutdown up."""
         super().murder_pending()
         now = time.monotonic()
         for conn, state in list(self.reading.items()):
-            if now >= state.deadline:
+            if not self.alive and not state.inbox:  # stopping: a connection that began no request is just closed
+                self._drop(conn)
+            elif now >= state.deadline:
                 part = "body" if state.head_len else "head"
                 self._reject(conn, RequestTimeout(f"the request {part} did not arrive within {self.read_timeout:g} s"),
                              silent=not state.inbox)

@@ -16,13 +16,19 @@ import requests
 
 
 def _connect(service) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    _UNREAD.pop(sock.fileno(), None)  # left by an earlier socket with the same descriptor
+    return sock
+
+
+_UNREAD: dict[int, bytes] = {}  # bytes read past the end of a response, by socket fd (pipelined answers)
 
 
 def _response(sock: socket.socket, timeout: float = 10) -> tuple[int, dict, bytes]:
-    """Read one HTTP response with a Content-Length body: (status, headers, body). Skips 1xx responses."""
+    """Read one HTTP response with a Content-Length body: (status, headers, body). Skips 1xx responses; bytes of
+    a following response stay for the next call on the same socket."""
     sock.settimeout(timeout)
-    data = b""
+    data = _UNREAD.pop(sock.fileno(), b"")
     while True:
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
@@ -41,6 +47,8 @@ def _response(sock: socket.socket, timeout: float = 10) -> tuple[int, dict, byte
         if not chunk:
             break
         data += chunk
+    if data[length:]:
+        _UNREAD[sock.fileno()] = data[length:]
     return status, headers, data[:length]
 
 
