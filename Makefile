@@ -14,7 +14,7 @@ IMAGE      ?= nextword
 BASE_IMAGE ?= python:3.11.15-slim-bookworm
 DOCKER_BUILD := docker build --build-arg PYTHON_IMAGE=$(BASE_IMAGE)
 
-.PHONY: bench install install-dev serve test train train-smoke image image-cpu image-gpu image-smoke monitoring clean
+.PHONY: bench install install-dev serve test soak train train-smoke image image-cpu image-gpu image-smoke monitoring clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ serve: install
 
 test: install-dev
 	$(PY) -m pytest
+
+# Minutes of mixed load with faults (Redis and worker kills) against `python -m service`; never part of `make test`.
+# Reports errors, lost updates and memory growth; exits 1 on unexpected answers or lost updates.
+SOAK_ARGS ?= --duration 180 --clients 8
+soak: install-dev
+	$(PY) tools/soak.py $(SOAK_ARGS)
 
 # Reproduces the shipped bundles from the WikiText-2 corpus in $(DATA): training/gpu_recipe.sh trains both
 # models at once on one CUDA GPU (~5 min on an H200; PYTHON=$(PY) uses this venv's torch), then
