@@ -25,6 +25,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, unquote
 
 import redis
+import redis.client
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
@@ -51,6 +52,33 @@ class ReplicatedRedis(redis.Redis):
                 raise redis.ConnectionError(f"the write reached {acknowledged} of {self.replicas} replica(s) within "
                                             f"{self.wait_timeout_ms} ms")
         return response
+
+    def pipeline(self, transaction=True, shard_hint=None) -> "ReplicatedPipeline":
+        pipe = ReplicatedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.replicas, pipe.wait_timeout_ms = self.replicas, self.wait_timeout_ms
+        return pipe
+
+
+class ReplicatedPipeline(redis.client.Pipeline):
+    """A pipeline of that client: one WAIT after its commands covers every write among them."""
+
+    replicas = 1
+    wait_timeout_ms = 1000
+
+    def execute(self, raise_on_error: bool = True):
+        if not self.replicas or not self.command_stack:
+            return super().execute(raise_on_error)
+        self.execute_command("WAIT", self.replicas, self.wait_timeout_ms)
+        replies = super().execute(raise_on_error=False)
+        acknowledged = replies.pop()
+        if isinstance(acknowledged, Exception) or int(acknowledged) < self.replicas:
+            raise redis.ConnectionError(f"the writes reached {acknowledged} of {self.replicas} replica(s) within "
+                                        f"{self.wait_timeout_ms} ms")
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
 
 
 def _hosts(netloc: str) -> tuple[str | None, str | None, list[tuple[str, int]]]:
@@ -107,3 +135,7 @@ def database(client) -> int:
 
 def is_cluster(url: str) -> bool:
     return url.partition("://")[0] == CLUSTER_SCHEME
+
+
+def is_cluster_client(client) -> bool:
+    return isinstance(client, RedisCluster)

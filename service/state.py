@@ -34,7 +34,7 @@ import redis
 from service.errors import (InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
                             StateStoreUnavailable)
 from service.metrics import EXPIRY_WATCHER, REDIS_ERRORS, REDIS_LATENCY, SESSIONS_EXPIRED
-from service.redis_client import connect, database
+from service.redis_client import connect, database, is_cluster_client
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,16 @@ class SessionStore:
 
     def _pipelined(self, script, calls: list[tuple[list, list]]) -> list:
         """Runs script once per (keys, args) in one round trip; a reply is a value or the RedisError it raised.
-        A Redis that lost its scripts (NOSCRIPT: nothing ran) gets them loaded and the calls sent once more."""
+        A Redis that lost its scripts (NOSCRIPT: nothing ran) gets them loaded and the calls sent once more.
+        On Redis Cluster, whose redis-py pipelines refuse scripts, the calls go one by one, each to its key's node."""
+        if is_cluster_client(self.client):
+            replies = []
+            for keys, args in calls:
+                try:
+                    replies.append(script(keys=keys, args=args))
+                except redis.ResponseError as e:  # the pipeline's raise_on_error=False: an error is that call's reply
+                    replies.append(e)
+            return replies
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             for keys, args in calls:

@@ -21,13 +21,8 @@ def admin(restartable_redis):
 
 
 @pytest.fixture
-def client_on(make_settings, restartable_redis):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(redis_url=restartable_redis.url))
-    yield app.test_client()
-    for runtime in app.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+def client_on(make_app, restartable_redis):
+    return make_app(redis_url=restartable_redis.url).test_client()
 
 
 def test_the_embedded_redis_has_a_limit_and_evicts_only_keys_with_a_ttl(admin):

@@ -27,13 +27,24 @@ def test_urls_the_store_cannot_use_are_refused_clearly():
 
 
 @pytest.fixture
-def cluster_client(make_settings, redis_cluster):
-    from service.http.app import create_app
+def cluster_client(make_app, redis_cluster):
+    return make_app(redis_url=redis_cluster.url).test_client()
 
-    app = create_app(make_settings(redis_url=redis_cluster.url))
-    yield app.test_client()
-    for runtime in app.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+
+@pytest.mark.parametrize("topology", ["redis_sentinel", "redis_cluster"])
+def test_batched_session_steps_span_slots_and_replicas(make_app, request, topology):
+    """POST /predict/batch reads and writes many sessions in one pipelined round trip: on a cluster the keys
+    live on different masters, on Sentinel one WAIT covers the batch's writes."""
+    url = request.getfixturevalue(topology).url
+    client = make_app(redis_url=url).test_client()
+    sids = [client.post("/sessions").json["session_id"] for _ in range(12)]
+    for words in ("the cat", "eats"):
+        r = client.post("/predict/batch", json={"items": [{"text": words, "session_id": sid} for sid in sids]})
+        assert r.status_code == 200, r.json
+    assert [client.get(f"/sessions/{sid}").json["tokens"] for sid in sids] == [3] * len(sids)
+    if topology == "redis_cluster":
+        owners = {connect(url).keyslot(session_key(sid)) // 5462 for sid in sids}
+        assert len(owners) > 1  # the batch did span masters
 
 
 def _errorstats(client: redis_py.Redis) -> dict:
@@ -77,7 +88,7 @@ def test_a_sentinel_failover_under_load_loses_no_acknowledged_write(service_fact
     plus the requests that failed (a failed write may or may not have been applied)."""
     topology = LocalSentinel(tmp_path / "sentinel").start()
     try:
-        service = service_factory(redis=topology.url, NEXTWORD_THREADS="8")
+        service = service_factory(redis=topology.url)
         sids = [requests.post(service.url + "/sessions", timeout=10).json()["session_id"] for _ in range(8)]
         acked = {sid: 0 for sid in sids}
         failed = {sid: 0 for sid in sids}

@@ -10,13 +10,8 @@ DEPTH = 100_000
 
 
 @pytest.fixture
-def big_body_client(make_settings):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(max_body_bytes=1 << 20))
-    yield app.test_client()
-    for runtime in app.extensions["nextword"].engine.runtimes.values():
-        runtime.close()
+def big_body_client(make_app):
+    return make_app(max_body_bytes=1 << 20).test_client()
 
 
 @pytest.mark.parametrize("body", [
