@@ -104,8 +104,8 @@ def wrk(url: str, script: str, connections: int, seconds: float, workdir: Path) 
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
     text = done.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    p50 = _duration_ms(re.search(r"50%\s+(\S+)", text).group(1))
-    p99 = _duration_ms(re.search(r"99%\s+(\S+)", text).group(1))
+    p50 = _duration_ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+    p99 = _duration_ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(r"Socket errors: (.*)", text)
     return {"requests_per_s": rps, "p50_ms": p50, "p99_ms": p99, "non_2xx": int(errors.group(1)) if errors else 0,
@@ -113,8 +113,11 @@ def wrk(url: str, script: str, connections: int, seconds: float, workdir: Path) 
 
 
 def _duration_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:
+        raise RuntimeError(f"wrk printed a latency this script cannot read: {text!r}")
+    value, unit = match.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}[unit]
 
 
 def _lua_post(path_expr: str, body_expr: str, setup: str = "", headers: str = "") -> str:

@@ -78,7 +78,8 @@ class Settings:
     max_streams: int = 32  # concurrent generations per worker (each holds a thread); beyond: 429 at once
     max_batch_items: int = 256  # items in one POST /predict/batch; beyond: 400
     batch_max_size: int = 64  # rows per onnxruntime call; past ~64 throughput gains are small
-    batch_wait_ms: float = 0.0  # how long a call waits for more rows; measured, waiting only added latency
+    batch_wait_ms: float = 0.0  # how long every call waits for more rows (a queue delay); 0: none
+    batch_gather_ms: float = 5.0  # how long a call may wait for session steps already on their way (never when idle)
     cas_retries: int = 64  # re-runs of a step whose session changed underneath it, before 409
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty = open service (logged at startup)
     log_level: str = "info"
@@ -132,6 +133,7 @@ class Settings:
             max_batch_items=_int(env, "NEXTWORD_MAX_BATCH_ITEMS", cls.max_batch_items, 1, 100_000),
             batch_max_size=_int(env, "NEXTWORD_BATCH_MAX_SIZE", cls.batch_max_size, 1, 4096),
             batch_wait_ms=_float(env, "NEXTWORD_BATCH_WAIT_MS", cls.batch_wait_ms, 0.0, 1000.0),
+            batch_gather_ms=_float(env, "NEXTWORD_BATCH_GATHER_MS", cls.batch_gather_ms, 0.0, 1000.0),
             cas_retries=_int(env, "NEXTWORD_CAS_RETRIES", cls.cas_retries, 0, 10_000),
             api_keys=tuple(keys),
             log_level=log_level,

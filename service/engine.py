@@ -23,7 +23,7 @@ from service import metrics
 from service.errors import (InvalidInput, ModelMismatch, Overloaded, PreconditionFailed, ServiceError,
                             SessionConflict, UnknownModel)
 from service.sampling import SamplingParams
-from service.scheduler import Scheduler, Stream
+from service.scheduler import Arrivals, Scheduler, Stream
 from service.state import SessionRecord, SessionStore
 from service.tokenizer import detokenize, tokenize
 
@@ -135,8 +135,10 @@ class _Slot:
 
 class Engine:
     def __init__(self, models: dict[str, Scheduler], store: SessionStore, default_model: str,
-                 max_text_tokens: int = 512, cas_retries: int = 64, max_streams: int = 32):
+                 max_text_tokens: int = 512, cas_retries: int = 64, max_streams: int = 32,
+                 arrivals: Arrivals | None = None):
         self.models = models
+        self.arrivals = arrivals or Arrivals()  # shared with the schedulers: steps on their way to them
         self.store = store
         self.default_model = default_model
         self.max_text_tokens = max_text_tokens
@@ -250,8 +252,9 @@ class Engine:
         `step(scheduler, state)` returns (result, new SessionState, tokens consumed); returns (record, scheduler,
         result)."""
         for attempt in range(self.cas_retries + 1):
-            record, scheduler, state = self._load(session_id, owner, model)
-            self._precondition(record, if_version)
+            with self.arrivals.coming():  # a scheduler may hold its next call a moment for this step
+                record, scheduler, state = self._load(session_id, owner, model)
+                self._precondition(record, if_version)
             result, new_state, consumed = step(scheduler, state)
             try:
                 record = self.store.compare_and_set(session_id, record.version, new_state.encode(), consumed)

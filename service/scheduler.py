@@ -11,9 +11,10 @@ Two kinds of work arrive on one queue:
   them to the model in one onnxruntime call, together with the queued one-token steps. A stream whose reader went
   away (`Stream.cancel`) leaves at the next tick; one that reaches its limit, `<eos>` or a stop word leaves after
   the call that fed its last token, with its final state.
-By default nothing waits for peers: whatever arrives while a call runs joins the next one, so batches grow with
-load and cost nothing when idle. With `batch_wait` > 0 every call first waits up to that long for more rows (a
-queue delay, as Triton's); measured, it only added latency here (benchmarks/bench.py), so it defaults to 0.
+Whatever arrives while a call runs joins the next one, so batches grow with load. Two waits may make a call
+bigger still: `gather_wait`, for session steps already on their way (`Arrivals`: requests of this worker reading
+their session from Redis; an idle worker has none, so a lone request never waits), and `batch_wait`, an
+unconditional queue delay as Triton's (0 by default; tests use it to pace streams).
 A row's result never depends on the other rows of its call.
 """
 
@@ -23,6 +24,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -97,15 +100,40 @@ class Stream:
             raise ModelUnavailable(f"no token within {timeout:g} s; retry shortly", retry_after=1) from None
 
 
+class Arrivals:
+    """How many requests of this worker are on their way to a scheduler (reading their session, tokenizing): steps
+    worth waiting a moment for when the worker is busy, and nothing to wait for when it is idle."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        with self._lock:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+
+    @property
+    def expected(self) -> int:
+        return self._count
+
+
 class Scheduler:
     """Batches one model's steps and runs the decode loop of its streams, on one thread."""
 
     def __init__(self, runtime: ModelRuntime, batch_max: int = 64, batch_wait_ms: float = 0.0, max_queue: int = 4096,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, gather_wait_ms: float = 0.0, arrivals: Arrivals | None = None):
         self.runtime = runtime
         self.bundle = runtime.bundle
         self.batch_max = batch_max
         self.batch_wait = batch_wait_ms / 1000.0
+        self.gather_wait = gather_wait_ms / 1000.0
+        self.arrivals = arrivals or Arrivals()
         self.max_queue = max_queue
         self.timeout = timeout  # how long a caller waits for its step before giving up
         self._banned = frozenset({runtime.bundle.unk})  # generation never samples <unk>
@@ -165,16 +193,18 @@ class Scheduler:
             return True
 
     def _linger(self) -> bool:
-        """With a batch wait: collect more rows until the wait is over or a call would be full."""
-        deadline = time.perf_counter() + self.batch_wait
-        while self.batch_wait and len(self._streams) + len(self._pending) < self.batch_max:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+        """Collect more rows until a call would be full, or the batch wait is over and either the gather wait is
+        over or no step is on its way."""
+        started = time.perf_counter()
+        while len(self._streams) + len(self._pending) < self.batch_max:
+            waited = time.perf_counter() - started
+            if waited >= self.batch_wait and (waited >= self.gather_wait or self.arrivals.expected <= 0):
                 break
+            limit = self.batch_wait - waited if waited < self.batch_wait else min(self.gather_wait - waited, 0.0005)
             try:
-                item = self._queue.get(timeout=remaining)
+                item = self._queue.get(timeout=max(limit, 0.0001))  # short: `expected` changes without an item
             except queue.Empty:
-                break
+                continue
             if item is None:
                 return False
             (self._streams if isinstance(item, Stream) else self._pending).append(item)

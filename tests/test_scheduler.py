@@ -136,3 +136,33 @@ def test_a_cancelled_stream_leaves_at_the_next_tick(models_dir):
         assert stream.events.qsize() == count < 10_000  # nothing more is produced for it
     finally:
         scheduler.close()
+
+
+def test_a_call_waits_for_steps_on_their_way_and_never_when_none_are(models_dir):
+    from service.scheduler import Arrivals
+
+    runtime = GatedRuntime(load_bundle(models_dir / "tiny-lstm"), device="cpu")
+    runtime.gate.set()
+    arrivals = Arrivals()
+    scheduler = Scheduler(runtime, gather_wait_ms=2000, arrivals=arrivals)
+    try:
+        scheduler.step(np.array([1]))  # nothing on its way: runs at once, alone
+        assert runtime.calls == [(1, 1)]
+        late = threading.Event()
+
+        def coming_late():
+            with arrivals.coming():
+                late.wait(10)  # reading its session, say
+            scheduler.step(np.array([2]))
+
+        thread = threading.Thread(target=coming_late)
+        thread.start()
+        first = scheduler.submit(np.array([3]))
+        threading.Event().wait(0.2)
+        assert len(runtime.calls) == 1  # the call waits for the step on its way
+        late.set()
+        first.wait(10)
+        thread.join(10)
+        assert runtime.calls[1] == (2, 1)  # and both ran together
+    finally:
+        scheduler.close()
