@@ -23,7 +23,7 @@ from service import metrics
 from service.errors import (InvalidInput, ModelMismatch, Overloaded, PreconditionFailed, ServiceError,
                             SessionConflict, UnknownModel)
 from service.sampling import SamplingParams
-from service.scheduler import Arrivals, Scheduler, Stream
+from service.scheduler import Arrivals, Scheduler, Stream, Ticket
 from service.state import SessionRecord, SessionStore
 from service.tokenizer import detokenize, tokenize
 
@@ -188,37 +188,37 @@ class Engine:
             return Prediction(scheduler.bundle.name, reading, log_probs)
         reading: Reading | None = None
 
-        def feed(scheduler: Scheduler, state: SessionState):
+        def feed(scheduler: Scheduler, state: SessionState, ticket: Ticket):
             nonlocal reading
             if reading is None:  # read once, with the session's model; a re-run reuses it
                 reading = self.read(scheduler, text)
             if scores:
-                probs, log_probs, new_state = self._score(scheduler, state, reading.ids)
+                probs, log_probs, new_state = self._score(scheduler, state, reading.ids, ticket)
             else:
-                (log_probs, new_state), probs = self._feed(scheduler, state, reading.ids), None
+                (log_probs, new_state), probs = self._feed(scheduler, state, reading.ids, ticket), None
             return (log_probs, probs), new_state, len(reading.ids)
 
         record, scheduler, (log_probs, probs) = self._update(session_id, owner, model, feed, if_version)
         return Prediction(scheduler.bundle.name, reading, log_probs, record, probs)
 
     @staticmethod
-    def _feed(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
+    def _feed(scheduler: Scheduler, state: SessionState, ids: np.ndarray, ticket: Ticket | None = None):
         """Feeds ids after state; returns (log_probs after the last id, new SessionState)."""
         before = state.after
         if len(ids) > 1:  # keep the state before the last token: prefix first (no softmax), then the last token
-            _, before = scheduler.step(ids[:-1], state.after, with_log_probs=False)
-        log_probs, after = scheduler.step(ids[-1:], before)
+            _, before = scheduler.step(ids[:-1], state.after, with_log_probs=False, ticket=ticket)
+        log_probs, after = scheduler.step(ids[-1:], before, ticket=ticket)
         return log_probs, SessionState(after, before, int(ids[-1]))
 
     @staticmethod
-    def _score(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
+    def _score(scheduler: Scheduler, state: SessionState, ids: np.ndarray, ticket: Ticket | None = None):
         """Feeds ids one at a time after state: (each token's probability given what came before it, log_probs after
         the last, new SessionState). The first token is scored against the session's own next-word distribution, or,
         for a session that has read nothing (and without a session), against the start of a line (after <eos>)."""
         if state.last >= 0:
-            log_probs, _ = scheduler.step(np.array([state.last]), state.before)
+            log_probs, _ = scheduler.step(np.array([state.last]), state.before, ticket=ticket)
         else:
-            log_probs, _ = scheduler.step(np.array([scheduler.bundle.eos]))
+            log_probs, _ = scheduler.step(np.array([scheduler.bundle.eos]), ticket=ticket)
         probs = np.empty(len(ids))
         current = before = state.after
         for i, token in enumerate(ids.tolist()):
@@ -249,13 +249,16 @@ class Engine:
         """Load -> step -> compare-and-set; a step that lost a race is re-run on the fresh state (not when the caller
         named its version: then 412).
 
-        `step(scheduler, state)` returns (result, new SessionState, tokens consumed); returns (record, scheduler,
-        result)."""
+        `step(scheduler, state, ticket)` returns (result, new SessionState, tokens consumed) and hands the ticket to
+        its first scheduler step; returns (record, scheduler, result)."""
         for attempt in range(self.cas_retries + 1):
-            with self.arrivals.coming():  # a scheduler may hold its next call a moment for this step
+            ticket = self.arrivals.arrive()  # a scheduler may hold its next call a moment for this step
+            try:
                 record, scheduler, state = self._load(session_id, owner, model)
                 self._precondition(record, if_version)
-            result, new_state, consumed = step(scheduler, state)
+                result, new_state, consumed = step(scheduler, state, ticket)
+            finally:
+                ticket.done()  # already done once the step was queued; here for every other way out
             try:
                 record = self.store.compare_and_set(session_id, record.version, new_state.encode(), consumed)
                 return record, scheduler, result

@@ -24,8 +24,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -102,25 +100,40 @@ class Stream:
 
 class Arrivals:
     """How many requests of this worker are on their way to a scheduler (reading their session, tokenizing): steps
-    worth waiting a moment for when the worker is busy, and nothing to wait for when it is idle."""
+    worth waiting a moment for when the worker is busy, and nothing to wait for when it is idle. A request takes a
+    ticket when it starts; the scheduler gives it back once the request's step is queued (or the request does, on
+    any other way out)."""
 
     def __init__(self) -> None:
         self._count = 0
         self._lock = threading.Lock()
 
-    @contextmanager
-    def coming(self) -> Iterator[None]:
+    def arrive(self) -> "Ticket":
         with self._lock:
             self._count += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._count -= 1
+        return Ticket(self)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._count -= 1
 
     @property
     def expected(self) -> int:
         return self._count
+
+
+class Ticket:
+    """One request on its way; `done()` counts it out exactly once."""
+
+    __slots__ = ("_arrivals",)
+
+    def __init__(self, arrivals: Arrivals):
+        self._arrivals: Arrivals | None = arrivals
+
+    def done(self) -> None:
+        arrivals, self._arrivals = self._arrivals, None
+        if arrivals is not None:
+            arrivals._leave()
 
 
 class Scheduler:
@@ -147,18 +160,23 @@ class Scheduler:
 
     # --- callers' side (any thread) ------------------------------------------------------------------------------
 
-    def submit(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True) -> Step:
+    def submit(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True,
+               ticket: Ticket | None = None) -> Step:
+        """Queues a step; the request's ticket (if any) is given back once it is queued, not before."""
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.bundle.name} has {self.max_queue} steps queued; retry shortly",
                              retry_after=1)
         step = Step(np.ascontiguousarray(tokens, dtype=np.int64),
                     self.runtime.zero_state() if state is None else state, with_log_probs)
         self._queue.put(step)
+        if ticket is not None:
+            ticket.done()
         return step
 
-    def step(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True):
+    def step(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True,
+             ticket: Ticket | None = None):
         """Feeds tokens (seq,) after state; (log_probs (vocab,) or None, new state (tensors, layers, hidden))."""
-        return self.submit(tokens, state, with_log_probs).wait(self.timeout)
+        return self.submit(tokens, state, with_log_probs, ticket).wait(self.timeout)
 
     def start(self, stream: Stream) -> None:
         """The stream joins at the next tick."""

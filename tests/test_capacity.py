@@ -21,7 +21,7 @@ def test_200_concurrent_generations_leave_health_checks_answered(service_factory
     stop = threading.Event()
 
     def poll() -> None:
-        while not stop.is_set():
+        while not stop.is_set() or len(polls) < 5:  # at least five polls, however fast the flood went
             started = time.perf_counter()
             response = requests.get(service.url + "/healthz", timeout=10)
             polls.append(time.perf_counter() - started if response.status_code == 200 else float("inf"))

@@ -150,10 +150,11 @@ def test_a_call_waits_for_steps_on_their_way_and_never_when_none_are(models_dir)
         assert runtime.calls == [(1, 1)]
         late = threading.Event()
 
+        ticket = arrivals.arrive()  # a request on its way (reading its session, say)
+
         def coming_late():
-            with arrivals.coming():
-                late.wait(10)  # reading its session, say
-            scheduler.step(np.array([2]))
+            late.wait(10)
+            scheduler.step(np.array([2]), ticket=ticket)  # counted out once its step is queued
 
         thread = threading.Thread(target=coming_late)
         thread.start()
@@ -164,5 +165,6 @@ def test_a_call_waits_for_steps_on_their_way_and_never_when_none_are(models_dir)
         first.wait(10)
         thread.join(10)
         assert runtime.calls[1] == (2, 1)  # and both ran together
+        assert arrivals.expected == 0
     finally:
         scheduler.close()
