@@ -286,7 +286,7 @@ def service_runs(models_dir: Path, bundle, workers: int, seconds: float, device:
                                 / max(_delta(m0, m1, "nextword_model_batch_size_count"), 1), 2),
             "non_2xx": r["non_2xx"]}
         s = out["streams"]
-        print(f"streams  32 connections: {s['tokens_per_s']:>8.0f} tokens/s    TTFT p50 {s['ttft_p50_ms']} ms  "
+        print(f"streams  32 connections: {s['tokens_per_s']:>8.0f} tokens/s    TTFT p50 {s['ttft_p50_ms']:.1f} ms  "
               f"mean batch {s['mean_batch']}  non-2xx {s['non_2xx']}", flush=True)
 
         item = '\'{"text":"\' .. words[math.random(#words)] .. \'","session_id":"\' .. ids[math.random(#ids)] .. \'"}\''
@@ -339,8 +339,8 @@ def report(results: dict) -> str:
     if b:
         lines.append(f"| batch endpoint (64 items, 4 connections) | {b['tokens_per_s']:.0f} tokens/s | engine@64 = "
                      f"{eng[64]['tokens_per_s']:.0f} | {b['tokens_per_s'] / eng[64]['tokens_per_s']:.2f} | >= 0.50 |")
-    lines += ["", f"time to first token under 32 streams: p50 {s['ttft_p50_ms']} ms, p99 {s['ttft_p99_ms']} ms; "
-              f"mean onnxruntime batch {s['mean_batch']}", "",
+    lines += ["", f"time to first token under 32 streams: p50 {s['ttft_p50_ms']:.1f} ms, p99 {s['ttft_p99_ms']:.1f} "
+              f"ms; mean onnxruntime batch {s['mean_batch']}", "",
               "| connections | service tokens/s | p50 ms | mean batch | floor requests/s | floor p50 ms |",
               "|---|---|---|---|---|---|"]
     for c in TYPING_CONNECTIONS:
