@@ -227,28 +227,31 @@ def test_a_finished_generation_commits_prompt_and_tokens_and_replays_with_its_se
                                engine.predict("mat", session_id=other).log_probs, atol=1e-6)
 
 
+def first_stream_tokens(engine: Engine, streams: int, prompt: str | None = None, max_tokens: int = 12) -> list[int]:
+    """Starts `streams` generations at once on fresh sessions (the first with seed 11, the others with their own
+    seeds) and returns the first one's token ids. Shared with tests/test_heads.py."""
+    sids = [engine.create_session(None, "").session_id for _ in range(streams)]
+    if prompt is None:
+        for s in sids:
+            engine.predict("the cat", session_id=s)
+    gens = [engine.start_generation(s, "", prompt, SamplingParams(seed=11 if i == 0 else i), max_tokens, [])
+            for i, s in enumerate(sids)]
+    out: list[list[int]] = [[] for _ in gens]
+    threads = [threading.Thread(target=lambda g=g, o=o: o.extend(e.id for e in g if isinstance(e, Token)))
+               for g, o in zip(gens, out)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out[0]
+
+
 def test_a_stream_gives_the_same_tokens_alone_and_batched_with_others(session_store, fake):
     # every scheduler call waits 20 ms for peers, so the streams started one after another do share calls
     engine = Engine({"fake": Scheduler(fake, batch_wait_ms=20)}, session_store, "fake", max_streams=8)
-
-    def run(n_others: int) -> list[int]:
-        sids = [engine.create_session(None, "").session_id for _ in range(n_others + 1)]
-        for s in sids:
-            engine.predict("the cat", session_id=s)
-        gens = [engine.start_generation(s, "", None, SamplingParams(seed=11 if i == 0 else i), 12, [])
-                for i, s in enumerate(sids)]
-        out = [[] for _ in gens]
-        threads = [threading.Thread(target=lambda g=g, o=o: o.extend(e.id for e in g if isinstance(e, Token)))
-                   for g, o in zip(gens, out)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return out[0]
-
-    alone = run(0)
+    alone = first_stream_tokens(engine, 1)
     fake.calls.clear()
-    batched = run(7)
+    batched = first_stream_tokens(engine, 8)
     engine.close()
     assert alone == batched
     assert max(c.shape[0] for c in fake.calls) > 1  # the streams did share onnxruntime calls

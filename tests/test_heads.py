@@ -3,17 +3,16 @@ onnxruntime's CPU provider against a real tiny bundle and checked against the ho
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from service.bundle import load_bundle
-from service.engine import Engine, Token
+from service.engine import Engine
 from service.heads import DeviceRow, DeviceRows
 from service.runtime import ModelRuntime
 from service.sampling import SamplingParams, top_k
 from service.scheduler import Scheduler
+from tests.test_engine import first_stream_tokens
 
 
 class Fixed:
@@ -91,20 +90,7 @@ def test_streams_on_a_resident_runtime_give_the_same_tokens_alone_and_batched(mo
     runtime = ModelRuntime(load_bundle(models_dir / "tiny-lstm"), device="cpu", device_resident=True)
     engine = Engine({"tiny-lstm": Scheduler(runtime, batch_wait_ms=20)}, session_store, "tiny-lstm", max_streams=8)
     try:
-        def run(n: int) -> list[int]:
-            sids = [engine.create_session(None, "").session_id for _ in range(n)]
-            gens = [engine.start_generation(s, "", "the cat", SamplingParams(seed=5 if i == 0 else i), 10, [])
-                    for i, s in enumerate(sids)]
-            out = [[] for _ in gens]
-            threads = [threading.Thread(target=lambda g=g, o=o: o.extend(e.id for e in g if isinstance(e, Token)))
-                       for g, o in zip(gens, out)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            return out[0]
-
-        assert run(1) == run(6)
+        assert first_stream_tokens(engine, 1, "the cat", 10) == first_stream_tokens(engine, 6, "the cat", 10)
         prediction = engine.predict("the cat sat")
         assert isinstance(prediction.log_probs, DeviceRow)
     finally:
