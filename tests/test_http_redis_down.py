@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from service.redis_server import RedisServer
+from tests.servers import wait_for
 
 BINARY = "application/octet-stream"
 
@@ -153,3 +154,41 @@ def test_no_session_is_half_written(service_factory, tmp_path):
         assert np.abs(stored - replayed).max() <= 1e-5  # the state is exactly `tokens` words' worth
     finally:
         redis_server.stop()
+
+
+def test_a_retry_with_if_match_after_a_paused_redis_applies_the_word_once(make_app, restartable_redis, monkeypatch):
+    """The case from the issue: Redis pauses while a write is in flight and the client gets 503, whether or not
+    Redis applies that write once it resumes. A client that retries with the version it read (If-Match) gets the
+    word applied exactly once: 200 if the first write never landed, 412 if it did, and never a second copy."""
+    import os
+    import signal
+
+    app = make_app(redis_url=restartable_redis.url)
+    client = app.test_client()
+    created = client.post("/sessions")
+    sid, etag = created.json["session_id"], created.headers["ETag"]
+    assert etag == '"0"'
+    scheduler = app.extensions["nextword"].engine.model(None)
+    real, paused = scheduler.runtime.run, []
+    pid = restartable_redis._proc.pid
+
+    def run(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not paused:  # the step is done: Redis stops before the write arrives, and resumes after its timeout
+            paused.append(True)
+            os.kill(pid, signal.SIGSTOP)
+            threading.Timer(3.0, os.kill, (pid, signal.SIGCONT)).start()
+        return out
+
+    monkeypatch.setattr(scheduler.runtime, "run", run)
+    first = client.post("/predict", json={"text": "cat", "session_id": sid}, headers={"If-Match": etag})
+    assert first.status_code == 503 and first.json["error"]["code"] == "state_store_unavailable"
+    wait_for(lambda: client.get("/readyz").status_code == 200, timeout=15, what="Redis back")
+    retry = client.post("/predict", json={"text": "cat", "session_id": sid}, headers={"If-Match": etag})
+    assert retry.status_code in (200, 412), retry.json
+    if retry.status_code == 412:
+        assert retry.json["error"]["code"] == "precondition_failed"  # the first write had landed after all
+    again = client.post("/predict", json={"text": "cat", "session_id": sid}, headers={"If-Match": etag})
+    assert again.status_code == 412  # whichever attempt landed, a third is refused
+    info = client.get(f"/sessions/{sid}")
+    assert (info.json["version"], info.json["tokens"]) == (1, 1) and info.headers["ETag"] == '"1"'
