@@ -217,7 +217,7 @@ class Scheduler:
         while len(self._streams) + len(self._pending) < self.batch_max:
             waited = time.perf_counter() - started
             if waited >= self.batch_wait and (waited >= self.gather_wait or self.arrivals.expected <= 0):
-                break
+                return self._collect(block=False)  # a step queued as its ticket was given back joins this call
             limit = self.batch_wait - waited if waited < self.batch_wait else min(self.gather_wait - waited, 0.0005)
             try:
                 item = self._queue.get(timeout=max(limit, 0.0001))  # short: `expected` changes without an item
