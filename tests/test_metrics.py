@@ -155,7 +155,10 @@ def test_request_counter_is_exact_whichever_worker_answers(service_factory):
         assert total(samples, "nextword_http_requests_total", endpoint="/predict") == n
         assert total(samples, "nextword_http_requests_total", endpoint="/predict", method="POST", status="200") == n
         assert total(samples, "nextword_http_request_duration_seconds_count", endpoint="/predict") == n
-    assert _pids_answering(service.log(), "/metrics") == ready, "both workers answered a scrape"
+    # Both workers answered /predict (asserted above), so a scrape that counts all n requests read the other
+    # worker's file too, whichever worker answered it. Which worker accepts a fresh connection is the kernel's
+    # choice: with the buffering worker one of them can win all 100 scrapes, so that is not required here.
+    assert _pids_answering(service.log(), "/metrics") <= ready
     # the scrapes count under their own endpoint, not under /predict
     assert total(scrape(service.url), "nextword_http_requests_total", endpoint="/metrics") == scrapes
 
