@@ -387,6 +387,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=int(os.environ.get("NEXTWORD_WORKERS", "2")))
     p.add_argument("--device", default=os.environ.get("NEXTWORD_DEVICE", "cpu"))
     p.add_argument("--out", default="benchmarks/results", help="folder for results.json and bench.png")
+    p.add_argument("--only", choices=("all", "engine"), default="all",
+                   help="engine: only the in-process engine table (e.g. the CPU side of a GPU/CPU ratio)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
@@ -401,6 +403,10 @@ def main() -> int:
         results = {"bundle": bundle.name, "device": args.device, "workers": args.workers, "cpus": os.cpu_count(),
                    "seconds": args.seconds, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         results["engine"] = engine(bundle_dir, args.workers, args.seconds, args.device)
+        if args.only == "engine":
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            print(f"\nwrote {out / 'results.json'}")
+            return 0
         results["floor"] = floor(args.workers, 16, args.seconds, workdir)
         results["service"] = service_runs(bundle_dir.parent, bundle, args.workers, args.seconds, args.device,
                                           workdir)
