@@ -2,9 +2,9 @@
 
 One call feeds a batch of rows: tokens (batch, seq) after states (tensors, layers, batch, hidden), and gives the
 log-probabilities after the last token of each row plus the new states. The scheduler (service/scheduler.py)
-decides what goes into a call; this module only opens the session, checks the graph against the manifest and runs
-it. A call that does not need the distribution (the prefix of a prompt) asks for the states alone, and
-onnxruntime then skips the softmax head, the largest part of a small model.
+decides what goes into a call; this module only opens the session, has the bundle contract (service/bundle.py) check
+the graph's inputs and outputs, and runs it. A call that does not need the distribution (the prefix of a prompt) asks
+for the states alone, and onnxruntime then skips the softmax head, the largest part of a small model.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service import metrics
-from service.bundle import Bundle, BundleError
+from service.bundle import Bundle, check_graph, refused_by_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +61,13 @@ def open_session(bundle: Bundle, device: str, threads: int) -> ort.InferenceSess
     except RuntimeStartError:
         raise
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise BundleError(f"{bundle.onnx_path}: onnxruntime cannot load it ({e})") from None
+        raise refused_by_onnxruntime(bundle.onnx_path, e) from None
     used = session.get_providers()[0]  # what actually runs, not what is installed
     if device == "cuda" and used != CUDA:
         raise RuntimeStartError(f"NEXTWORD_DEVICE=cuda but CUDA could not start for {bundle.name} "
                                 f"(onnxruntime fell back to {used}); use NEXTWORD_DEVICE=auto or cpu")
-    _check_graph(bundle, session)
+    check_graph(bundle, session.get_inputs(), session.get_outputs())  # the bundle contract's expectations
     return session
-
-
-def _check_graph(bundle: Bundle, session: ort.InferenceSession) -> None:
-    tensors, layers, hidden = bundle.state_shape
-    want = {"tokens": [None, None], "log_probs": [None, bundle.vocab_size]}
-    for i, o in bundle.state_pairs:
-        want[i] = want[o] = [layers, None, hidden]
-    got = {a.name: a.shape for a in [*session.get_inputs(), *session.get_outputs()]}
-    if set(got) != set(want):
-        raise BundleError(f"{bundle.onnx_path}: graph inputs/outputs {sorted(got)} differ from manifest.json's "
-                          f"{sorted(want)}")
-    for name, dims in want.items():
-        shape = got[name]
-        if len(shape) != len(dims) or any(w is not None and g != w for g, w in zip(shape, dims)) or any(
-                w is None and isinstance(g, int) for g, w in zip(shape, dims)):
-            raise BundleError(f"{bundle.onnx_path}: {name!r} has shape {shape}; manifest.json implies "
-                              f"{['dynamic' if w is None else w for w in dims]}")
 
 
 class ModelRuntime:

@@ -31,7 +31,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-CONVENTIONS: tuple[str, ...] = ("wikitext", "whitespace")
+from service.bundle import TEXT_CONVENTIONS
+
+CONVENTIONS: tuple[str, ...] = tuple(TEXT_CONVENTIONS)  # the bundle contract names them; this module implements each
 EOS = "<eos>"
 
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\u2028\u2029]")

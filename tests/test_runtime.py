@@ -1,14 +1,11 @@
-"""service.runtime against a real tiny bundle: a batched row equals the row alone; bad bundles are refused."""
+"""service.runtime against a real tiny bundle: a batched row equals the row alone (bad bundles: tests/test_bundle.py)."""
 
 from __future__ import annotations
-
-import json
-import shutil
 
 import numpy as np
 import pytest
 
-from service.bundle import BundleError, load_bundle
+from service.bundle import load_bundle
 from service.runtime import ModelRuntime, RuntimeStartError, _cuda_driver_present
 
 
@@ -37,23 +34,6 @@ def test_a_state_only_call_gives_the_same_state_without_log_probs(runtime):
     log_probs, new = runtime.run(tokens, states, with_log_probs=False)
     assert log_probs is None
     np.testing.assert_allclose(new, runtime.run(tokens, states)[1], atol=1e-6)
-
-
-def test_tampered_onnx_is_refused_naming_the_file(tiny_bundle, tmp_path):
-    folder = shutil.copytree(tiny_bundle, tmp_path / "b")
-    with (folder / "model.onnx").open("ab") as f:
-        f.write(b"\0")
-    with pytest.raises(BundleError, match="model.onnx: sha256"):
-        load_bundle(folder)
-
-
-def test_manifest_shapes_that_disagree_with_the_graph_are_refused(tiny_bundle, tmp_path):
-    folder = shutil.copytree(tiny_bundle, tmp_path / "b")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["hidden_size"] += 1
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="model.onnx.*shape"):
-        ModelRuntime(load_bundle(folder), device="cpu")
 
 
 @pytest.mark.skipif(_cuda_driver_present(), reason="this machine has a CUDA driver")

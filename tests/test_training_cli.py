@@ -119,7 +119,7 @@ BAD_INPUT = {
                                     "checkpoint not found"),
     "evaluate-a-tampered-bundle": (lambda c, b, t: ["evaluate", "--bundle", _tamper(shutil.copytree(b, t / "b")),
                                                     "--text", c / "test.txt"],
-                                   "model.onnx: sha256 .* does not match the manifest"),
+                                   "model.onnx: sha256 .* does not match manifest.json's"),
     "evaluate-a-missing-bundle": (lambda c, b, t: ["evaluate", "--bundle", t / "nope", "--text", c / "test.txt"],
                                   "bundle folder not found"),
     "evaluate-batch-size-zero": (lambda c, b, t: ["evaluate", "--bundle", b, "--text", c / "test.txt",

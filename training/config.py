@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from service.bundle import TEXT_CONVENTIONS
 from training.errors import TrainingError
 
 ARCHITECTURES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -77,7 +78,7 @@ class ModelConfig:
 class TrainConfig:
     data: str = field(default="", metadata={"required": True, "help": "corpus folder with train.txt, valid.txt, test.txt"})
     out: str = field(default="runs/model", metadata={"help": "folder for best.pt, last.pt, history.csv, curves.png"})
-    text_convention: str = field(default="wikitext", metadata={"choices": ("wikitext", "whitespace"),
+    text_convention: str = field(default="wikitext", metadata={"choices": tuple(TEXT_CONVENTIONS),
                                                                "help": "how raw user text is split to match the corpus"})
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda"), "help": "auto: cuda if present"})
     batch_size: int = field(default=32, metadata={"help": "parallel training streams"})

@@ -9,16 +9,14 @@ its head; words of valid/test that train never saw map to `<unk>`.
 from __future__ import annotations
 
 import collections
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from service.bundle import EOS, UNK, file_sha256  # the bundle contract spells the special tokens
 from training.errors import TrainingError
 
-EOS = "<eos>"
-UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
 
 
@@ -88,21 +86,9 @@ class Vocab:
         unk = self.unk
         return np.array([self.index.get(w, unk) for words in lines for w in words], dtype=np.int64)
 
-    @classmethod
-    def read(cls, path: Path) -> "Vocab":
-        """vocab.txt: one word per line, id = line number."""
-        return cls(path.read_text(encoding="utf-8").split("\n")[:-1])
-
     def write(self, path: Path) -> None:
+        """vocab.txt: one word per line, id = line number (service/bundle.py reads it back)."""
         path.write_text("".join(w + "\n" for w in self.words), encoding="utf-8")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

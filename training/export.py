@@ -4,7 +4,9 @@ The bundle is written to a temporary folder and moved into place only after it h
 itself: onnxruntime agrees with PyTorch on shapes unlike the export example and over a
 multi-step rollout where each side feeds back its own state, and the batch and sequence axes
 are really dynamic. The manifest then records the perplexity measured through onnxruntime on the
-file that ships. Knows nothing of serving.
+file that ships, and the finished folder passes the checks the service runs at start (the bundle
+contract, service/bundle.py, through training.bundle.open_bundle). The graph's input and output
+names and dynamic axes come from that contract too. Knows nothing of serving beyond the contract.
 """
 
 from __future__ import annotations
@@ -20,29 +22,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.bundle import FORMAT_VERSION, open_bundle
-from training.data import Corpus, file_sha256, read_lines
+from service import bundle as contract
+from training.bundle import open_bundle, open_session
+from training.data import Corpus, read_lines
 from training.errors import TrainingError, first_line
 from training.evaluate import context_profile, line_reset_perplexity, perplexity
 from training.train import library_versions, load_checkpoint, model_from_checkpoint
 
 OPSET = 17
 PARITY_ATOL = 1e-4
-TEXT_CONVENTIONS = {
-    "wikitext": "Moses-style: punctuation split off, clitics split before the apostrophe (do n't -> do n 't "
-                "as in the corpus), hyphens and separators inside numbers as @-@ @,@ @.@; case kept",
-    "whitespace": "split on whitespace only",
-}
+
+
+def _graph_io(cfg) -> tuple[dict, dict]:
+    return contract.graph_io(cfg.layers, cfg.hidden_size, cfg.vocab_size, cfg.state_names)
+
+
+def _described(io: tuple[str, list]) -> dict:
+    dtype, dims = io
+    return {"dtype": dtype, "shape": dims}
 
 
 def _export_onnx(model, path: Path) -> None:
-    names = model.cfg.state_names
+    inputs, outputs = _graph_io(model.cfg)
     tokens = torch.zeros((2, 3), dtype=torch.long)  # (batch, seq) example; both axes exported dynamic
     state = model.init_hidden(2)  # (layers, batch, hidden) each
-    dynamic = {"tokens": {0: "batch", 1: "seq"}, "log_probs": {0: "batch"}}
-    for i, o in names:
-        dynamic[i] = {1: "batch"}
-        dynamic[o] = {1: "batch"}
+    dynamic = {name: {axis: dim for axis, dim in enumerate(dims) if isinstance(dim, str)}  # the contract's named axes
+               for name, (_, dims) in {**inputs, **outputs}.items()}
     with warnings.catch_warnings():
         # The tracer warns about shape checks inside nn.RNN and about "batch_size other than 1" for RNNs
         # without state inputs; ours has state inputs, and verify() proves every axis dynamic.
@@ -50,8 +55,7 @@ def _export_onnx(model, path: Path) -> None:
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # dynamo=False is deliberate: RNNs export cleanly
         torch.onnx.export(model, (tokens, *state), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["tokens", *[i for i, _ in names]],
-                          output_names=["log_probs", *[o for _, o in names]],
+                          input_names=list(inputs), output_names=list(outputs),
                           dynamic_axes=dynamic, do_constant_folding=True)
 
 
@@ -104,11 +108,11 @@ def verify(model, session, steps: int = 20, seed: int = 0) -> dict:
         with torch.no_grad():
             t_out = model(tokens, *torch_state)
         try:
-            o_out = session.run(["log_probs", *[o for _, o in names]],
-                                {"tokens": tokens.numpy(), **{i: s for (i, _), s in zip(names, ort_state)}})
+            o_out = session.run([contract.LOG_PROBS, *[o for _, o in names]],
+                                {contract.TOKENS: tokens.numpy(), **{i: s for (i, _), s in zip(names, ort_state)}})
         except Exception as e:  # onnxruntime's own error types: wrong input names, shapes or token ids
             raise TrainingError(f"export verification: {what}: onnxruntime failed: {first_line(e)}") from None
-        for label, a, b in zip(["log_probs", *[o for _, o in names]], t_out, o_out):
+        for label, a, b in zip([contract.LOG_PROBS, *[o for _, o in names]], t_out, o_out):
             compare(f"{what} {label}", a, b)
         return t_out[1:], o_out[1:], t_out[0]
 
@@ -150,17 +154,16 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
     tc = ckpt["train_config"]
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir.parent) as tmp:
         tmp_dir = Path(tmp)
-        onnx_path = tmp_dir / "model.onnx"
+        onnx_path = tmp_dir / contract.ONNX_FILE
         _export_onnx(model, onnx_path)
         converted = _store_float16(onnx_path) if weights == "float16" else 0
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        session = open_session(onnx_path)
         parity = verify(model, session, steps=verify_steps)
-        vocab.write(tmp_dir / "vocab.txt")
+        vocab.write(tmp_dir / contract.VOCAB_FILE)
         cfg = model.cfg
+        inputs, outputs = _graph_io(cfg)
         manifest = {
-            "format_version": FORMAT_VERSION,
+            "format_version": contract.FORMAT_VERSION,
             "name": name,
             "architecture": cfg.architecture,
             "layers": cfg.layers,
@@ -170,12 +173,12 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
             "tied": cfg.tied,
             "softmax": cfg.softmax if cfg.softmax == "full" else f"adaptive (cutoffs {cfg.cutoffs}, exact full distribution)",
             "special_tokens": {"unk": vocab.unk, "eos": vocab.eos},
-            "text": {"convention": tc["text_convention"], "description": TEXT_CONVENTIONS.get(tc["text_convention"], "")},
-            "inputs": {"tokens": {"dtype": "int64", "shape": ["batch", "seq"]}},
-            "outputs": {"log_probs": {"dtype": "float32", "shape": ["batch", cfg.vocab_size]}},
-            "state": [{"input": i, "output": o, "dtype": "float32", "shape": [cfg.layers, "batch", cfg.hidden_size]}
-                      for i, o in cfg.state_names],
-            "onnx": {"file": "model.onnx", "sha256": file_sha256(onnx_path), "opset": OPSET,
+            "text": {"convention": tc["text_convention"],  # an unknown one: the contract check below refuses it
+                     "description": contract.TEXT_CONVENTIONS.get(tc["text_convention"], "")},
+            "inputs": {contract.TOKENS: _described(inputs[contract.TOKENS])},
+            "outputs": {contract.LOG_PROBS: _described(outputs[contract.LOG_PROBS])},
+            "state": [{"input": i, "output": o, **_described(inputs[i])} for i, o in cfg.state_names],
+            "onnx": {"file": contract.ONNX_FILE, "sha256": contract.file_sha256(onnx_path), "opset": OPSET,
                      "bytes": onnx_path.stat().st_size,
                      "weights": {"stored": weights, "computed": "float32", "tensors_stored_float16": converted}},
             "parity": parity,
@@ -213,8 +216,8 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
                 manifest["metrics"]["context_profile"] = {
                     "split": "test", "window": context_window,
                     "buckets": context_profile(session, manifest, corpus.test, 50, context_window)}
-        (tmp_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        open_bundle(tmp_dir)  # the written bundle must pass the bundle checks: sha256, vocabulary, graph I/O
+        (tmp_dir / contract.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        open_bundle(tmp_dir)  # the checks the service runs at start: manifest, sha256, vocabulary, graph I/O
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.move(str(tmp_dir), str(out_dir))
