@@ -76,6 +76,29 @@ def test_top_k_clips_k_to_the_vocabulary():
     np.testing.assert_allclose(probs, [0.6, 0.3, 0.1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_on_large_rows_with_ties_matches_the_full_ranking(seed):
+    """Large rows take the group-maxima path: the same ids in the same order as ranking every word, ties (many of
+    them), -inf and -0.0 included."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(2_000, 40_000))
+    scores = (np.round(rng.standard_normal(size) * (1 + seed % 3)) / 2).astype(np.float32)  # few distinct values
+    scores[rng.integers(size, size=40)] = -np.inf
+    scores[rng.integers(size, size=5)] = -0.0
+    for k in (1, 2, 10, 31):
+        reference = np.lexsort((np.arange(size), -(scores + np.float32(0)).astype(np.float64)))[:k]
+        assert top_k(scores, k)[0].tolist() == reference.tolist()
+
+
+@pytest.mark.parametrize("where", [0, 7, 33_215, 33_216, 33_277])  # a group's first word, inside, the tail
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_top_k_rejects_nan_or_inf_anywhere_in_a_large_row(where, bad):
+    scores = np.random.default_rng(0).standard_normal(33_278).astype(np.float32)
+    scores[where] = bad
+    with pytest.raises(ValueError):
+        top_k(scores, 10)
+
+
 @pytest.mark.parametrize("bad", [np.zeros((2, 3), np.float32), np.array([], np.float32),
                                  np.array([0.0, np.nan], np.float32), np.array([1, 2])])
 def test_top_k_rejects_nonsense(bad):
