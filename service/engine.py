@@ -22,6 +22,7 @@ import numpy as np
 from service import metrics
 from service.errors import (InvalidInput, ModelMismatch, Overloaded, PreconditionFailed, ServiceError,
                             SessionConflict, UnknownModel)
+from service.group_commit import GroupCommit
 from service.sampling import SamplingParams
 from service.scheduler import Arrivals, Scheduler, Stream, Ticket
 from service.state import SessionRecord, SessionStore
@@ -145,6 +146,8 @@ class Engine:
         self.cas_retries = cas_retries
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
+        # The session steps of concurrent requests: one pipelined read, one model call, one pipelined write.
+        self._steps = GroupCommit(lambda calls: self._apply([item for item, _ in calls], [owner for _, owner in calls]))
 
     def close(self) -> None:
         for scheduler in self.models.values():
@@ -186,6 +189,8 @@ class Engine:
                 return Prediction(scheduler.bundle.name, reading, log_probs, scores=probs)
             log_probs, _ = scheduler.step(reading.ids)
             return Prediction(scheduler.bundle.name, reading, log_probs)
+        if not scores:
+            return self._steps.run((BatchItem(text, session_id, model, if_version), owner))
         reading: Reading | None = None
 
         def feed(scheduler: Scheduler, state: SessionState, ticket: Ticket):
@@ -279,8 +284,13 @@ class Engine:
         Items naming the same session apply in item order, as one compare-and-set whose version grows by the number
         of items applied; every step of a wave (the n-th item of every session, and every stateless item) goes to
         the schedulers at once, and Redis is read and written in one pipelined round trip each."""
+        return self._apply(items, [owner] * len(items))
+
+    def _apply(self, items: list[BatchItem], owners: list[str]) -> list["Prediction | ServiceError"]:
+        """`predict_batch` for items of several callers: each item is read and written as its own owner (a session
+        named by two owners is two chains, and the foreign one finds no session)."""
         results: list = [None] * len(items)
-        chains: dict[str, list[int]] = {}
+        chains: dict[tuple[str, str], list[int]] = {}
         stateless = []  # (result index, scheduler, reading)
         for i, item in enumerate(items):
             if item.session_id is None:
@@ -290,7 +300,7 @@ class Engine:
                 except ServiceError as e:
                     results[i] = e
             else:
-                chains.setdefault(item.session_id, []).append(i)
+                chains.setdefault((owners[i], item.session_id), []).append(i)
         outcomes = self._feed_many([(scheduler, reading.ids, None) for _, scheduler, reading in stateless])
         for (i, scheduler, reading), outcome in zip(stateless, outcomes):
             results[i] = outcome if isinstance(outcome, ServiceError) else Prediction(scheduler.bundle.name, reading,
@@ -300,13 +310,13 @@ class Engine:
         for attempt in range(self.cas_retries + 1):
             if not pending:
                 break
-            pending = self._apply_chains(pending, items, results, readings, owner)
+            pending = self._apply_chains(pending, items, results, readings)
             if pending:
                 time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         for indices in pending.values():  # still conflicting after every retry
             for i in indices:
-                results[i] = SessionConflict(f"session {items[i].session_id} kept changing while this batch ran; "
-                                             "retry", field="session_id")
+                results[i] = SessionConflict(f"session {items[i].session_id} changed {self.cas_retries + 1} times "
+                                             "while this request ran; retry", field="session_id")
         return results
 
     def _feed_many(self, jobs: list[tuple[Scheduler, np.ndarray, "SessionState | None"]]) -> list:
@@ -341,67 +351,71 @@ class Engine:
                 out[j] = e
         return out
 
-    def _apply_chains(self, chains: dict[str, list[int]], items, results, readings, owner) -> dict[str, list[int]]:
-        """One attempt at every session's chain of items: load all, step wave by wave, compare-and-set all. Returns
-        the chains that lost a race (to re-run)."""
-        sids = list(chains)
-        loaded = dict(zip(sids, self.store.get_many(sids, owner)))
-        states: dict[str, tuple] = {}  # sid -> (record, scheduler, current SessionState, applied [(i, tokens)])
-        for sid in sids:
+    def _apply_chains(self, chains: dict[tuple[str, str], list[int]], items, results,
+                      readings) -> dict[tuple[str, str], list[int]]:
+        """One attempt at every session's chain of items (keyed by (owner, session id)): load all, step wave by wave,
+        compare-and-set all. Returns the chains that lost a race (to re-run)."""
+        keys = list(chains)
+        loaded = dict(zip(keys, self.store.get_many([sid for _, sid in keys], [owner for owner, _ in keys])))
+        states: dict[tuple[str, str], tuple] = {}  # key -> (record, scheduler, current state, applied [(i, tokens)])
+        for key in keys:
+            owner, sid = key
             try:
-                if isinstance(loaded[sid], ServiceError):
-                    raise loaded[sid]
-                record, scheduler, state = self._load(sid, owner, None, record=loaded[sid])
-                states[sid] = (record, scheduler, state, [])
+                if isinstance(loaded[key], ServiceError):
+                    raise loaded[key]
+                record, scheduler, state = self._load(sid, owner, None, record=loaded[key])
+                states[key] = (record, scheduler, state, [])
             except ServiceError as e:
-                for i in chains[sid]:
+                for i in chains[key]:
                     results[i] = e
-        position = {sid: 0 for sid in states}
+        position = {key: 0 for key in states}
         while True:
             wave = []
-            for sid, (record, scheduler, state, applied) in states.items():
-                while position[sid] < len(chains[sid]):
-                    i = chains[sid][position[sid]]
-                    position[sid] += 1
+            for key, (record, scheduler, state, applied) in states.items():
+                while position[key] < len(chains[key]):
+                    i = chains[key][position[key]]
+                    position[key] += 1
                     try:
                         item = items[i]
                         if item.model is not None and item.model != record.model:
-                            raise ModelMismatch(f"session {sid} belongs to model {record.model!r}, not "
-                                                f"{item.model!r}", field="model")
+                            raise ModelMismatch(f"session {record.session_id} belongs to model {record.model!r}, "
+                                                f"not {item.model!r}", field="model")
                         self._precondition(replace(record, version=record.version + len(applied)), item.if_version)
                         readings[i] = self.read(scheduler, item.text)
-                        wave.append((sid, i, scheduler, readings[i].ids, state))
+                        wave.append((key, i, scheduler, readings[i].ids, state))
                         break
                     except ServiceError as e:
                         results[i] = e
             if not wave:
                 break
             outcomes = self._feed_many([(scheduler, ids, state) for _, _, scheduler, ids, state in wave])
-            for (sid, i, scheduler, ids, _), outcome in zip(wave, outcomes):
-                record, _, state, applied = states[sid]
+            for (key, i, scheduler, ids, _), outcome in zip(wave, outcomes):
+                record, _, state, applied = states[key]
                 if isinstance(outcome, ServiceError):
                     results[i] = outcome
                     continue
                 results[i] = outcome[0]  # log_probs for now; a Prediction once committed
-                states[sid] = (record, scheduler, outcome[1], applied + [(i, len(ids))])
-        writes = [(sid, record.version, state.encode(), sum(n for _, n in applied), len(applied))
-                  for sid, (record, _, state, applied) in states.items() if applied]
-        conflicts: dict[str, list[int]] = {}
+                states[key] = (record, scheduler, outcome[1], applied + [(i, len(ids))])
+        written = [key for key, (*_, applied) in states.items() if applied]
+        writes = [(record.session_id, record.version, state.encode(), sum(n for _, n in applied), len(applied))
+                  for record, _, state, applied in (states[key] for key in written)]
+        conflicts: dict[tuple[str, str], list[int]] = {}
         now = time.time()
-        for (sid, *_), outcome in zip(writes, self.store.compare_and_set_many(writes)):
-            record, scheduler, _, applied = states[sid]
+        for key, outcome in zip(written, self.store.compare_and_set_many(writes)):
+            record, scheduler, _, applied = states[key]
+            sid = record.session_id
             if isinstance(outcome, SessionConflict):
                 metrics.SESSION_CONFLICTS.labels(model=scheduler.bundle.name).inc()
                 if any(items[i].if_version is not None for i, _ in applied):
                     for i, _ in applied:
-                        results[i] = (PreconditionFailed(f"session {sid} changed while this batch ran; nothing "
-                                                         "was written", field="session_id")
+                        results[i] = (PreconditionFailed(f"session {sid} changed while this request ran; "
+                                                         "nothing was written", field="session_id")
                                       if items[i].if_version is not None else
-                                      SessionConflict(f"session {sid} changed while this batch ran and an item of "
-                                                      "it named its version; nothing was written",
+                                      SessionConflict(f"session {sid} changed while this request ran and an "
+                                                      "item of it named its version; nothing was written",
                                                       field="session_id"))
                     continue
-                conflicts[sid] = [i for i in chains[sid] if i in dict(applied)]
+                conflicts[key] = [i for i in chains[key] if i in dict(applied)]
                 continue
             if isinstance(outcome, ServiceError):
                 for i, _ in applied:

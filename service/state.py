@@ -218,14 +218,15 @@ class SessionStore:
             reply = self._cas(keys=[session_key(session_id)], args=args)
         return self._cas_result(session_id, expected_version, bytes(state), reply)
 
-    def get_many(self, session_ids: list[str], owner: str) -> list["SessionRecord | ServiceError"]:
-        """Several sessions in one pipelined round trip; each a record, or SessionNotFound for that id."""
+    def get_many(self, session_ids: list[str], owners: list[str]) -> list["SessionRecord | ServiceError"]:
+        """Several sessions (each read as its owner) in one pipelined round trip; each a record, or SessionNotFound
+        for that id."""
         valid = [i for i, sid in enumerate(session_ids) if self.valid_id(sid)]
         out: list = [_not_found()] * len(session_ids)
         if not valid:
             return out
         with self._call("get"):
-            replies = self._pipelined(self._get, [([session_key(session_ids[i])], [owner, self.ttl, *FIELDS])
+            replies = self._pipelined(self._get, [([session_key(session_ids[i])], [owners[i], self.ttl, *FIELDS])
                                                   for i in valid])
             for reply in replies:
                 if isinstance(reply, redis.RedisError):

@@ -136,39 +136,45 @@ def test_session_of_another_bundle_version_is_a_conflict_not_a_reset(session_sto
         e.models["fake"].close()
 
 
-def test_a_step_that_loses_the_race_is_rerun_on_the_fresh_state(engine, session_store, monkeypatch):
-    sid = engine.create_session(None, "").session_id
+@pytest.fixture
+def replica(session_store):
+    """Another worker or replica on the same Redis."""
+    other = Engine({"fake": Scheduler(FakeRuntime())}, session_store, "fake")
+    yield other
+    other.models["fake"].close()
+
+
+def _race_once(engine, replica, monkeypatch, sid: str) -> list:
+    """The next model step of `engine` first lets `replica` write "dog" to the session: a write between this
+    request's read and its compare-and-set. Returns a list that holds True once the race happened."""
     scheduler = engine.models["fake"]
-    original_step, raced = scheduler.step, []
+    original_submit, raced = scheduler.submit, []
 
-    def racing_step(*args, **kwargs):
-        if not raced:  # another replica writes between this request's read and its write
+    def racing_submit(*args, **kwargs):
+        if not raced:
             raced.append(True)
-            engine.predict("dog", session_id=sid)
-        return original_step(*args, **kwargs)
+            replica.predict("dog", session_id=sid)
+        return original_submit(*args, **kwargs)
 
-    monkeypatch.setattr(scheduler, "step", racing_step)
+    monkeypatch.setattr(scheduler, "submit", racing_submit)
+    return raced
+
+
+def test_a_step_that_loses_the_race_is_rerun_on_the_fresh_state(engine, replica, monkeypatch):
+    sid = engine.create_session(None, "").session_id
+    raced = _race_once(engine, replica, monkeypatch, sid)
     result = engine.predict("cat", session_id=sid)
     monkeypatch.undo()
-    assert raced and result.session.tokens == 2
+    assert raced and result.session.tokens == 2 and result.session.version == 2
     np.testing.assert_allclose(result.log_probs, engine.predict("dog cat").log_probs, atol=1e-6)
 
 
-def test_a_named_version_is_checked_and_a_lost_race_is_412_not_a_rerun(engine, session_store, monkeypatch):
+def test_a_named_version_is_checked_and_a_lost_race_is_412_not_a_rerun(engine, replica, session_store, monkeypatch):
     sid = engine.create_session(None, "").session_id
     assert engine.predict("the", session_id=sid, if_version=0).session.version == 1
     with pytest.raises(PreconditionFailed):
         engine.predict("cat", session_id=sid, if_version=0)  # a retry of the write above: not applied twice
-    scheduler = engine.models["fake"]
-    original_step, raced = scheduler.step, []
-
-    def racing_step(*args, **kwargs):
-        if not raced:
-            raced.append(True)
-            engine.predict("dog", session_id=sid)
-        return original_step(*args, **kwargs)
-
-    monkeypatch.setattr(scheduler, "step", racing_step)
+    raced = _race_once(engine, replica, monkeypatch, sid)
     with pytest.raises(PreconditionFailed):
         engine.predict("cat", session_id=sid, if_version=1)
     assert raced and session_store.get(sid, "").tokens == 2  # "the" and the racer's "dog"

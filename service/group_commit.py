@@ -1,0 +1,88 @@
+"""Group commit: concurrent callers' items processed as one batch on one of the callers' threads. Knows nothing of
+sessions, models, Redis or HTTP.
+
+`GroupCommit(process).run(item)` queues the item. If no batch is being processed, the caller leads: it takes
+everything queued (its own item first) and calls `process(items)` once for all of them, on its own thread. Callers
+that arrive meanwhile wait; when the leader is done, it hands what it did to each of them and passes the lead to
+the oldest one still queued, whose batch is everything that arrived during the previous one. Under load, batches
+grow by themselves; a lone caller processes its own item at once, with no thread hop and no wait.
+
+The engine uses it so that the session steps of concurrent `/predict` requests of one worker cost one pipelined
+Redis read, one model call and one pipelined Redis write between them (`Engine._apply`), as a database's group
+commit shares one log flush.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+class _Entry:
+    __slots__ = ("item", "result", "error", "lead", "_ready")
+
+    def __init__(self, item):
+        self.item = item
+        self.result = None
+        self.error: BaseException | None = None
+        self.lead = False  # woken to process the next batch rather than with a result
+        self._ready = threading.Lock()  # held until woken: a one-shot event without a Condition's overhead
+        self._ready.acquire()
+
+    def wake(self) -> None:
+        self._ready.release()
+
+    def wait(self) -> None:
+        self._ready.acquire()
+
+
+class GroupCommit:
+    """Runs `process(items) -> results` (one result per item, in order; a result that is an exception is raised to
+    its caller) over the items of concurrent `run` calls."""
+
+    def __init__(self, process: Callable[[list], list]):
+        self._process = process
+        self._lock = threading.Lock()
+        self._queue: list[_Entry] = []
+        self._leading = False
+
+    def run(self, item):
+        entry = _Entry(item)
+        with self._lock:
+            self._queue.append(entry)
+            follow, self._leading = self._leading, True
+        if follow:
+            entry.wait()
+            if not entry.lead:
+                return self._outcome(entry)
+        with self._lock:  # leading: the batch is everything queued, this caller's item first
+            batch, self._queue = self._queue, []
+        try:
+            results = self._process([e.item for e in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"process returned {len(results)} results for {len(batch)} items")
+        except BaseException as e:  # noqa: BLE001 - every caller of the batch gets what it raised
+            results = [e] * len(batch)
+        for e, result in zip(batch, results):
+            if isinstance(result, BaseException):
+                e.error = result
+            else:
+                e.result = result
+        with self._lock:
+            if self._queue:
+                self._queue[0].lead = True
+                successor = self._queue[0]
+            else:
+                successor, self._leading = None, False
+        if successor is not None:
+            successor.wake()
+        for e in batch:
+            if e is not entry:
+                e.wake()
+        return self._outcome(entry)
+
+    @staticmethod
+    def _outcome(entry: _Entry):
+        if entry.error is not None:
+            raise entry.error
+        return entry.result

@@ -1,0 +1,101 @@
+"""GroupCommit: who processes what, in which batch, and who gets which result or error."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from service.group_commit import GroupCommit
+
+
+class Recorder:
+    """A `process` that records each batch and the thread it ran on; the first batch can be held open."""
+
+    def __init__(self, hold_first: bool = False):
+        self.batches: list[tuple[list, str]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, items: list) -> list:
+        self.batches.append((list(items), threading.current_thread().name))
+        self.started.set()
+        self.release.wait(10)
+        return [ValueError(f"bad {i}") if isinstance(i, int) and i < 0 else i * 10 for i in items]
+
+
+def _run_in_threads(group: GroupCommit, items: list, results: dict) -> list[threading.Thread]:
+    def call(item):
+        try:
+            results[item] = group.run(item)
+        except Exception as e:  # noqa: BLE001 - the test compares what each caller got
+            results[item] = e
+    threads = [threading.Thread(target=call, args=(i,), name=f"caller-{i}") for i in items]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_a_lone_caller_processes_its_own_item_on_its_own_thread():
+    process = Recorder()
+    assert GroupCommit(process).run(3) == 30
+    assert process.batches == [([3], threading.current_thread().name)]
+
+
+def test_callers_that_arrive_during_a_batch_form_the_next_one_led_by_the_oldest():
+    process = Recorder(hold_first=True)
+    group = GroupCommit(process)
+    results: dict = {}
+    first = _run_in_threads(group, [1], results)
+    assert process.started.wait(10)
+    waiting = []
+    for i in (2, 3, 4, 5):  # one at a time, so the queue order is known
+        waiting += _run_in_threads(group, [i], results)
+        while len(group._queue) < i - 1:
+            threading.Event().wait(0.001)
+    process.release.set()
+    for t in first + waiting:
+        t.join(10)
+    assert results == {1: 10, 2: 20, 3: 30, 4: 40, 5: 50}
+    assert process.batches == [([1], "caller-1"), ([2, 3, 4, 5], "caller-2")]
+
+
+def test_an_error_result_is_raised_to_its_caller_only():
+    process = Recorder(hold_first=True)
+    group = GroupCommit(process)
+    results: dict = {}
+    threads = _run_in_threads(group, [1], results)
+    assert process.started.wait(10)
+    threads += _run_in_threads(group, [-2, 3], results)
+    while len(group._queue) < 2:
+        threading.Event().wait(0.001)
+    process.release.set()
+    for t in threads:
+        t.join(10)
+    assert isinstance(results[-2], ValueError) and str(results[-2]) == "bad -2"
+    assert results[1] == 10 and results[3] == 30
+
+
+def test_a_batch_that_raises_fails_each_of_its_callers_and_the_next_batch_still_runs():
+    calls = []
+
+    def process(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise RuntimeError("store down")
+        return [i for i in items]
+
+    group = GroupCommit(process)
+    with pytest.raises(RuntimeError, match="store down"):
+        group.run("a")
+    assert group.run("b") == "b"
+    assert calls == [["a"], ["b"]]
+
+
+def test_a_process_that_loses_results_is_an_error_not_a_wrong_answer():
+    group = GroupCommit(lambda items: items[:-1])
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        group.run("x")
+    assert not group._leading  # the lead was given back: the next caller is not stuck behind it
