@@ -289,9 +289,11 @@ def service_runs(models_dir: Path, bundle, workers: int, seconds: float, device:
         print(f"streams  32 connections: {s['tokens_per_s']:>8.0f} tokens/s    TTFT p50 {s['ttft_p50_ms']:.1f} ms  "
               f"mean batch {s['mean_batch']}  non-2xx {s['non_2xx']}", flush=True)
 
-        item = '\'{"text":"\' .. words[math.random(#words)] .. \'","session_id":"\' .. ids[math.random(#ids)] .. \'"}\''
+        # 64 different sessions per request (a partial shuffle), as a gateway sends one pending word per user;
+        # concurrent requests still share sessions now and then, and those items are re-run after a lost race.
+        item = '\'{"text":"\' .. words[math.random(#words)] .. \'","session_id":"\' .. ids[i] .. \'"}\''
         batch_body = f"""(function() local t = {{}}
-  for i = 1, 64 do t[i] = {item} end
+  for i = 1, 64 do local j = math.random(i, #ids); ids[i], ids[j] = ids[j], ids[i]; t[i] = {item} end
   return '{{"items":[' .. table.concat(t, ",") .. ']}}' end)()"""
         batch = _lua_post('"/predict/batch"', batch_body, setup)
         probe = requests.post(service.url + "/predict/batch", json={"items": [{"text": "the"}]}, timeout=10)

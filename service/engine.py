@@ -321,13 +321,11 @@ class Engine:
 
     def _feed_many(self, jobs: list[tuple[Scheduler, np.ndarray, "SessionState | None"]]) -> list:
         """`_feed` for many (scheduler, ids, state or None for a stateless step) at once: (log_probs, SessionState) or
-        the ServiceError of each."""
+        the ServiceError of each. Each scheduler gets all its steps of a phase (prompt prefixes, then last tokens) in
+        one submission, so they share its calls."""
         out: list = [None] * len(jobs)
-        prefixes = {}
-        for j, (scheduler, ids, state) in enumerate(jobs):
-            start = state.after if state is not None else None
-            if len(ids) > 1 and state is not None:
-                prefixes[j] = scheduler.submit(ids[:-1], start, with_log_probs=False)
+        prefixes = self._submit_many({j: (scheduler, ids[:-1], state.after, False) for j, (scheduler, ids, state)
+                                      in enumerate(jobs) if len(ids) > 1 and state is not None}, out)
         befores = {}
         for j, (scheduler, ids, state) in enumerate(jobs):
             try:
@@ -335,13 +333,8 @@ class Engine:
                     state.after if state is not None else None)
             except ServiceError as e:
                 out[j] = e
-        lasts = {}
-        for j, (scheduler, ids, state) in enumerate(jobs):
-            if out[j] is None:
-                try:
-                    lasts[j] = scheduler.submit(ids if state is None else ids[-1:], befores[j])
-                except ServiceError as e:
-                    out[j] = e
+        lasts = self._submit_many({j: (scheduler, ids if state is None else ids[-1:], befores[j], True)
+                                   for j, (scheduler, ids, state) in enumerate(jobs) if out[j] is None}, out)
         for j, step in lasts.items():
             scheduler, ids, state = jobs[j]
             try:
@@ -350,6 +343,25 @@ class Engine:
             except ServiceError as e:
                 out[j] = e
         return out
+
+    @staticmethod
+    def _submit_many(steps: dict[int, tuple[Scheduler, np.ndarray, "np.ndarray | None", bool]], out: list) -> dict:
+        """{job: (scheduler, tokens, state, with_log_probs)} -> {job: Step}, one submission per scheduler; a refused
+        submission (Overloaded) is the error of each of its jobs."""
+        by_scheduler: dict[int, list[int]] = {}
+        for j, (scheduler, *_) in steps.items():
+            by_scheduler.setdefault(id(scheduler), []).append(j)
+        submitted = {}
+        for jobs in by_scheduler.values():
+            scheduler = steps[jobs[0]][0]
+            try:
+                made = scheduler.submit_many([steps[j][1:] for j in jobs])
+            except ServiceError as e:
+                for j in jobs:
+                    out[j] = e
+                continue
+            submitted.update(zip(jobs, made))
+        return submitted
 
     def _apply_chains(self, chains: dict[tuple[str, str], list[int]], items, results,
                       readings) -> dict[tuple[str, str], list[int]]:

@@ -150,7 +150,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.timeout = timeout  # how long a caller waits for its step before giving up
         self._banned = frozenset({runtime.bundle.unk})  # generation never samples <unk>
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # Step | Stream | None (close)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # list[Step] | Stream | None (close)
         self._pending: list[Step] = []
         self._streams: list[Stream] = []
         self._wait = metrics.BATCH_WAIT.labels(model=self.bundle.name)
@@ -163,15 +163,21 @@ class Scheduler:
     def submit(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True,
                ticket: Ticket | None = None) -> Step:
         """Queues a step; the request's ticket (if any) is given back once it is queued, not before."""
-        if self._queue.qsize() >= self.max_queue:
-            raise Overloaded(f"model {self.bundle.name} has {self.max_queue} steps queued; retry shortly",
-                             retry_after=1)
-        step = Step(np.ascontiguousarray(tokens, dtype=np.int64),
-                    self.runtime.zero_state() if state is None else state, with_log_probs)
-        self._queue.put(step)
+        step = self.submit_many([(tokens, state, with_log_probs)])[0]
         if ticket is not None:
             ticket.done()
         return step
+
+    def submit_many(self, steps: list[tuple[np.ndarray, "np.ndarray | None", bool]]) -> list[Step]:
+        """Queues several (tokens, state or None, with_log_probs) steps at once: the scheduler takes them in one go, so
+        those of equal length share a call (a caller's steps never straggle into separate calls)."""
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(f"model {self.bundle.name} has {self.max_queue} steps queued; retry shortly",
+                             retry_after=1)
+        made = [Step(np.ascontiguousarray(tokens, dtype=np.int64), self.runtime.zero_state() if state is None else state,
+                     with_log_probs) for tokens, state, with_log_probs in steps]
+        self._queue.put(made)
+        return made
 
     def step(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True,
              ticket: Ticket | None = None):
@@ -203,12 +209,21 @@ class Scheduler:
         try:
             item = self._queue.get() if block else self._queue.get_nowait()
             while True:
-                if item is None:
+                if not self._place(item):
                     return False
-                (self._streams if isinstance(item, Stream) else self._pending).append(item)
                 item = self._queue.get_nowait()
         except queue.Empty:
             return True
+
+    def _place(self, item) -> bool:
+        """A queued item into streams or pending; False for the close marker."""
+        if item is None:
+            return False
+        if isinstance(item, Stream):
+            self._streams.append(item)
+        else:
+            self._pending += item  # a caller's steps, in order
+        return True
 
     def _linger(self) -> bool:
         """Collect more rows until a call would be full, or the batch wait is over and either the gather wait is
@@ -223,9 +238,8 @@ class Scheduler:
                 item = self._queue.get(timeout=max(limit, 0.0001))  # short: `expected` changes without an item
             except queue.Empty:
                 continue
-            if item is None:
+            if not self._place(item):
                 return False
-            (self._streams if isinstance(item, Stream) else self._pending).append(item)
         return True
 
     def _take(self, length: int, limit: int) -> list[Step]:

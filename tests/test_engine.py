@@ -148,7 +148,7 @@ def _race_once(engine, replica, monkeypatch, sid: str) -> list:
     """The next model step of `engine` first lets `replica` write "dog" to the session: a write between this
     request's read and its compare-and-set. Returns a list that holds True once the race happened."""
     scheduler = engine.models["fake"]
-    original_submit, raced = scheduler.submit, []
+    original_submit, raced = scheduler.submit_many, []
 
     def racing_submit(*args, **kwargs):
         if not raced:
@@ -156,7 +156,7 @@ def _race_once(engine, replica, monkeypatch, sid: str) -> list:
             replica.predict("dog", session_id=sid)
         return original_submit(*args, **kwargs)
 
-    monkeypatch.setattr(scheduler, "submit", racing_submit)
+    monkeypatch.setattr(scheduler, "submit_many", racing_submit)
     return raced
 
 

@@ -23,7 +23,7 @@ from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcc
                             ServiceError)
 from service.http import auth, browser, openai, ops, predict, sessions
 from service.http.context import Services, services
-from service.http.responses import error_response
+from service.http.responses import FastJSON, error_response
 from service.runtime import ModelRuntime
 from service.scheduler import Arrivals, Scheduler
 from service.state import SessionStore
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app = Flask("nextword")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
+    app.json = FastJSON(app)  # keys in insertion order
     app.extensions["nextword"] = Services(settings, engine)
     for module in (predict, sessions, ops, openai):
         app.register_blueprint(module.bp)

@@ -5,11 +5,12 @@ insides.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
+import orjson
 from flask import Response, jsonify
+from flask.json.provider import JSONProvider
 
 from service import metrics
 from service.errors import InvalidInput, ServiceError
@@ -19,6 +20,23 @@ from service.state import SessionRecord
 SSE = "text/event-stream"
 _IF_MATCH = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})')
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
+
+
+class FastJSON(JSONProvider):
+    """Flask's JSON (`jsonify`, `request.get_json`) through orjson, which encodes a prediction body several times
+    faster than the standard library (py-spy: JSON encoding was the largest single share of a batch request's
+    Python time). The output is standard JSON: keys in insertion order, UTF-8 text unescaped, floats in their
+    shortest round-trip form; NaN and Infinity are refused on the way in (RFC 8259)."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+    def response(self, *args, **kwargs) -> Response:
+        return self._app.response_class(orjson.dumps(self._prepare_response_obj(args, kwargs)) + b"\n",
+                                        mimetype="application/json")
 
 
 def error_response(error: ServiceError) -> Response:
@@ -40,7 +58,7 @@ def error_item(error: ServiceError) -> dict:
 
 
 def sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
 
 
 def sse_error(error: ServiceError) -> str:
