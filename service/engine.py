@@ -24,7 +24,7 @@ from service.errors import (InvalidInput, ModelMismatch, Overloaded, Preconditio
                             SessionConflict, UnknownModel)
 from service.group_commit import GroupCommit
 from service.sampling import SamplingParams
-from service.scheduler import Arrivals, Scheduler, Stream, Ticket
+from service.scheduler import Scheduler, Stream
 from service.state import SessionRecord, SessionStore
 from service.tokenizer import detokenize, tokenize
 
@@ -136,10 +136,8 @@ class _Slot:
 
 class Engine:
     def __init__(self, models: dict[str, Scheduler], store: SessionStore, default_model: str,
-                 max_text_tokens: int = 512, cas_retries: int = 64, max_streams: int = 32,
-                 arrivals: Arrivals | None = None):
+                 max_text_tokens: int = 512, cas_retries: int = 64, max_streams: int = 32):
         self.models = models
-        self.arrivals = arrivals or Arrivals()  # shared with the schedulers: steps on their way to them
         self.store = store
         self.default_model = default_model
         self.max_text_tokens = max_text_tokens
@@ -193,37 +191,37 @@ class Engine:
             return self._steps.run((BatchItem(text, session_id, model, if_version), owner))
         reading: Reading | None = None
 
-        def feed(scheduler: Scheduler, state: SessionState, ticket: Ticket):
+        def feed(scheduler: Scheduler, state: SessionState):
             nonlocal reading
             if reading is None:  # read once, with the session's model; a re-run reuses it
                 reading = self.read(scheduler, text)
             if scores:
-                probs, log_probs, new_state = self._score(scheduler, state, reading.ids, ticket)
+                probs, log_probs, new_state = self._score(scheduler, state, reading.ids)
             else:
-                (log_probs, new_state), probs = self._feed(scheduler, state, reading.ids, ticket), None
+                (log_probs, new_state), probs = self._feed(scheduler, state, reading.ids), None
             return (log_probs, probs), new_state, len(reading.ids)
 
         record, scheduler, (log_probs, probs) = self._update(session_id, owner, model, feed, if_version)
         return Prediction(scheduler.bundle.name, reading, log_probs, record, probs)
 
     @staticmethod
-    def _feed(scheduler: Scheduler, state: SessionState, ids: np.ndarray, ticket: Ticket | None = None):
+    def _feed(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
         """Feeds ids after state; returns (log_probs after the last id, new SessionState)."""
         before = state.after
         if len(ids) > 1:  # keep the state before the last token: prefix first (no softmax), then the last token
-            _, before = scheduler.step(ids[:-1], state.after, with_log_probs=False, ticket=ticket)
-        log_probs, after = scheduler.step(ids[-1:], before, ticket=ticket)
+            _, before = scheduler.step(ids[:-1], state.after, with_log_probs=False)
+        log_probs, after = scheduler.step(ids[-1:], before)
         return log_probs, SessionState(after, before, int(ids[-1]))
 
     @staticmethod
-    def _score(scheduler: Scheduler, state: SessionState, ids: np.ndarray, ticket: Ticket | None = None):
+    def _score(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
         """Feeds ids one at a time after state: (each token's probability given what came before it, log_probs after
         the last, new SessionState). The first token is scored against the session's own next-word distribution, or,
         for a session that has read nothing (and without a session), against the start of a line (after <eos>)."""
         if state.last >= 0:
-            log_probs, _ = scheduler.step(np.array([state.last]), state.before, ticket=ticket)
+            log_probs, _ = scheduler.step(np.array([state.last]), state.before)
         else:
-            log_probs, _ = scheduler.step(np.array([scheduler.bundle.eos]), ticket=ticket)
+            log_probs, _ = scheduler.step(np.array([scheduler.bundle.eos]))
         probs = np.empty(len(ids))
         current = before = state.after
         for i, token in enumerate(ids.tolist()):
@@ -251,19 +249,15 @@ class Engine:
                                      "nothing was written", field="session_id")
 
     def _update(self, session_id: str, owner: str, model: str | None, step, if_version: int | None = None):
-        """Load -> step -> compare-and-set; a step that lost a race is re-run on the fresh state (not when the caller
-        named its version: then 412).
+        """Load -> step -> compare-and-set, for a request that goes alone (one asking for `scores`); a step that lost
+        a race is re-run on the fresh state (not when the caller named its version: then 412).
 
-        `step(scheduler, state, ticket)` returns (result, new SessionState, tokens consumed) and hands the ticket to
-        its first scheduler step; returns (record, scheduler, result)."""
+        `step(scheduler, state)` returns (result, new SessionState, tokens consumed); returns (record, scheduler,
+        result)."""
         for attempt in range(self.cas_retries + 1):
-            ticket = self.arrivals.arrive()  # a scheduler may hold its next call a moment for this step
-            try:
-                record, scheduler, state = self._load(session_id, owner, model)
-                self._precondition(record, if_version)
-                result, new_state, consumed = step(scheduler, state, ticket)
-            finally:
-                ticket.done()  # already done once the step was queued; here for every other way out
+            record, scheduler, state = self._load(session_id, owner, model)
+            self._precondition(record, if_version)
+            result, new_state, consumed = step(scheduler, state)
             try:
                 record = self.store.compare_and_set(session_id, record.version, new_state.encode(), consumed)
                 return record, scheduler, result

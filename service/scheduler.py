@@ -11,10 +11,9 @@ Two kinds of work arrive on one queue:
   them to the model in one onnxruntime call, together with the queued one-token steps. A stream whose reader went
   away (`Stream.cancel`) leaves at the next tick; one that reaches its limit, `<eos>` or a stop word leaves after
   the call that fed its last token, with its final state.
-Whatever arrives while a call runs joins the next one, so batches grow with load. Two waits may make a call
-bigger still: `gather_wait`, for session steps already on their way (`Arrivals`: requests of this worker reading
-their session from Redis; an idle worker has none, so a lone request never waits), and `batch_wait`, an
-unconditional queue delay as Triton's (0 by default; tests use it to pace streams).
+Whatever arrives while a call runs joins the next one, so batches grow with load; a caller's steps arrive as one
+submission, so they share a call. `batch_wait` delays every call a moment for more rows, as Triton's queue delay
+(0 by default; tests use it to pace streams).
 A row's result never depends on the other rows of its call.
 """
 
@@ -98,55 +97,15 @@ class Stream:
             raise ModelUnavailable(f"no token within {timeout:g} s; retry shortly", retry_after=1) from None
 
 
-class Arrivals:
-    """How many requests of this worker are on their way to a scheduler (reading their session, tokenizing): steps
-    worth waiting a moment for when the worker is busy, and nothing to wait for when it is idle. A request takes a
-    ticket when it starts; the scheduler gives it back once the request's step is queued (or the request does, on
-    any other way out)."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def arrive(self) -> "Ticket":
-        with self._lock:
-            self._count += 1
-        return Ticket(self)
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._count -= 1
-
-    @property
-    def expected(self) -> int:
-        return self._count
-
-
-class Ticket:
-    """One request on its way; `done()` counts it out exactly once."""
-
-    __slots__ = ("_arrivals",)
-
-    def __init__(self, arrivals: Arrivals):
-        self._arrivals: Arrivals | None = arrivals
-
-    def done(self) -> None:
-        arrivals, self._arrivals = self._arrivals, None
-        if arrivals is not None:
-            arrivals._leave()
-
-
 class Scheduler:
     """Batches one model's steps and runs the decode loop of its streams, on one thread."""
 
     def __init__(self, runtime: ModelRuntime, batch_max: int = 64, batch_wait_ms: float = 0.0, max_queue: int = 4096,
-                 timeout: float = 60.0, gather_wait_ms: float = 0.0, arrivals: Arrivals | None = None):
+                 timeout: float = 60.0):
         self.runtime = runtime
         self.bundle = runtime.bundle
         self.batch_max = batch_max
         self.batch_wait = batch_wait_ms / 1000.0
-        self.gather_wait = gather_wait_ms / 1000.0
-        self.arrivals = arrivals or Arrivals()
         self.max_queue = max_queue
         self.timeout = timeout  # how long a caller waits for its step before giving up
         self._banned = frozenset({runtime.bundle.unk})  # generation never samples <unk>
@@ -160,13 +119,9 @@ class Scheduler:
 
     # --- callers' side (any thread) ------------------------------------------------------------------------------
 
-    def submit(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True,
-               ticket: Ticket | None = None) -> Step:
-        """Queues a step; the request's ticket (if any) is given back once it is queued, not before."""
-        step = self.submit_many([(tokens, state, with_log_probs)])[0]
-        if ticket is not None:
-            ticket.done()
-        return step
+    def submit(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True) -> Step:
+        """Queues a step."""
+        return self.submit_many([(tokens, state, with_log_probs)])[0]
 
     def submit_many(self, steps: list[tuple[np.ndarray, "np.ndarray | None", bool]]) -> list[Step]:
         """Queues several (tokens, state or None, with_log_probs) steps at once: the scheduler takes them in one go, so
@@ -179,10 +134,9 @@ class Scheduler:
         self._queue.put(made)
         return made
 
-    def step(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True,
-             ticket: Ticket | None = None):
+    def step(self, tokens: np.ndarray, state: np.ndarray | None = None, with_log_probs: bool = True):
         """Feeds tokens (seq,) after state; (log_probs (vocab,) or None, new state (tensors, layers, hidden))."""
-        return self.submit(tokens, state, with_log_probs, ticket).wait(self.timeout)
+        return self.submit(tokens, state, with_log_probs).wait(self.timeout)
 
     def start(self, stream: Stream) -> None:
         """The stream joins at the next tick."""
@@ -226,16 +180,16 @@ class Scheduler:
         return True
 
     def _linger(self) -> bool:
-        """Collect more rows until a call would be full, or the batch wait is over and either the gather wait is
-        over or no step is on its way."""
-        started = time.perf_counter()
+        """With a batch wait: collect more rows until a call would be full or the wait is over."""
+        if self.batch_wait <= 0:
+            return True
+        deadline = time.perf_counter() + self.batch_wait
         while len(self._streams) + len(self._pending) < self.batch_max:
-            waited = time.perf_counter() - started
-            if waited >= self.batch_wait and (waited >= self.gather_wait or self.arrivals.expected <= 0):
-                return self._collect(block=False)  # a step queued as its ticket was given back joins this call
-            limit = self.batch_wait - waited if waited < self.batch_wait else min(self.gather_wait - waited, 0.0005)
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return self._collect(block=False)
             try:
-                item = self._queue.get(timeout=max(limit, 0.0001))  # short: `expected` changes without an item
+                item = self._queue.get(timeout=left)
             except queue.Empty:
                 continue
             if not self._place(item):

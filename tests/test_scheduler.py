@@ -138,33 +138,17 @@ def test_a_cancelled_stream_leaves_at_the_next_tick(models_dir):
         scheduler.close()
 
 
-def test_a_call_waits_for_steps_on_their_way_and_never_when_none_are(models_dir):
-    from service.scheduler import Arrivals
-
+def test_one_submission_of_steps_shares_one_call_even_on_an_idle_scheduler(models_dir):
+    """Steps queued one by one may be picked up one by one by an idle scheduler; steps queued together never are."""
     runtime = GatedRuntime(load_bundle(models_dir / "tiny-lstm"), device="cpu")
     runtime.gate.set()
-    arrivals = Arrivals()
-    scheduler = Scheduler(runtime, gather_wait_ms=2000, arrivals=arrivals)
+    scheduler = Scheduler(runtime)
     try:
-        scheduler.step(np.array([1]))  # nothing on its way: runs at once, alone
-        assert runtime.calls == [(1, 1)]
-        late = threading.Event()
-
-        ticket = arrivals.arrive()  # a request on its way (reading its session, say)
-
-        def coming_late():
-            late.wait(10)
-            scheduler.step(np.array([2]), ticket=ticket)  # counted out once its step is queued
-
-        thread = threading.Thread(target=coming_late)
-        thread.start()
-        first = scheduler.submit(np.array([3]))
-        threading.Event().wait(0.2)
-        assert len(runtime.calls) == 1  # the call waits for the step on its way
-        late.set()
-        first.wait(10)
-        thread.join(10)
-        assert runtime.calls[1] == (2, 1)  # and both ran together
-        assert arrivals.expected == 0
+        for _ in range(5):
+            steps = scheduler.submit_many([(np.array([token]), None, True) for token in range(2, 8)])
+            for step in steps:
+                step.wait(10)
+        assert runtime.calls == [(6, 1)] * 5
     finally:
         scheduler.close()
+

@@ -25,7 +25,7 @@ from service.http import auth, browser, openai, ops, predict, sessions
 from service.http.context import Services, services
 from service.http.responses import FastJSON, error_response
 from service.runtime import ModelRuntime
-from service.scheduler import Arrivals, Scheduler
+from service.scheduler import Scheduler
 from service.state import SessionStore
 
 log = logging.getLogger("nextword")
@@ -40,16 +40,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise ConfigError("REDIS_URL is empty: set it, or start with `python -m service`, which starts an "
                           "embedded Redis")
     bundles = discover(settings.models_dir)
-    arrivals = Arrivals()  # requests on their way to a scheduler: worth a moment's wait when the worker is busy
     models = {b.name: Scheduler(ModelRuntime(b, settings.device, settings.ort_threads), settings.batch_max_size,
-                                settings.batch_wait_ms, gather_wait_ms=settings.batch_gather_ms, arrivals=arrivals)
+                                settings.batch_wait_ms)
               for b in bundles}
     default = settings.default_model or ("wikitext2-lstm" if "wikitext2-lstm" in models else bundles[0].name)
     if default not in models:
         raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(models)}")
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
-    engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams,
-                    arrivals)
+    engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
 
     app = Flask("nextword")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
