@@ -68,9 +68,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     NEXTWORD_REDIS_DIR=/tmp/nextword/redis
 # Everything written at run time goes under /tmp, the one writable path (Kubernetes mounts an
 # emptyDir there under a read-only root): PROMETHEUS_MULTIPROC_DIR, the embedded Redis (used only
-# when REDIS_URL is unset), and HOME, where gunicorn puts its control socket (~/.gunicorn) since
-# the user has no home. ORT_DISABLE_TELEMETRY=1: onnxruntime's Linux build otherwise sends usage
-# telemetry to Microsoft and tries to persist a device id under HOME; a server image should not.
+# when REDIS_URL is unset), and HOME, since the user has no home and libraries may write a dot-file
+# there (gunicorn's control socket, which would live there, is disabled in service/gunicorn_conf.py).
+# ORT_DISABLE_TELEMETRY=1: onnxruntime's Linux build otherwise sends usage telemetry to Microsoft and
+# tries to persist a device id under HOME; a server image should not.
 WORKDIR /app
 EXPOSE 8000
 # Liveness only (the process answers); readiness, which needs Redis, is /readyz.
