@@ -385,33 +385,7 @@ def _not_found() -> SessionNotFound:
 
 # -- counting expirations ----------------------------------------------------------------------------------------
 
-LEASE_KEY = "nextword:expiry-watcher"  # names the one process (host:pid:random) that counts expirations
-
-CLAIM_LEASE_SCRIPT = """
--- KEYS[1] = lease key
--- ARGV[1] = holder token, ARGV[2] = lease milliseconds
--- Returns 1 when the caller holds the lease afterwards (taken now, or its own lease renewed), else 0.
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-RELEASE_LEASE_SCRIPT = """
--- KEYS[1] = lease key
--- ARGV[1] = holder token
--- Returns 1 when the caller held the lease (it is deleted), else 0 (nothing is touched).
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+LEASE_KEY = "nextword:expiry-watcher"  # a redis-py Lock whose value names its holder (host:pid:random)
 
 
 class ExpiryWatcher:
@@ -421,14 +395,21 @@ class ExpiryWatcher:
     existed. Redis itself knows: with `notify-keyspace-events` holding `E` and `x` it publishes every key it
     removes for its TTL on `__keyevent@<db>__:expired` (when the key is next touched, or found by its background
     sweep, so an event can come a little after the TTL ran out). Every worker of every replica runs a watcher, but
-    only the one holding a lease key (`SET NX` with an expiry, renewed every `lease_seconds / 3`) subscribes and
-    counts, so each expiration is counted once. The others retry the lease and take over when its holder dies.
+    only the one holding the lease subscribes and counts, so each expiration is counted once. The lease is
+    redis-py's `Lock` on LEASE_KEY (`SET NX PX` with this process's token; `reacquire()` renews it every
+    `lease_seconds / 3`, `release()` hands it back); the others try `acquire()` at the same pace and take over
+    when its holder dies or hands it back.
 
     The count is a lower bound: events published while nobody holds the lease (up to `lease_seconds` after a
     holder dies without releasing it) are lost, since pub/sub keeps nothing; and a holder that could not renew in
-    time stops counting until it has renewed, rather than risk counting twice. With Redis Cluster the events are
-    per node and this watches only the node the URL names. If the server refuses CONFIG (managed Redis), a warning
-    says to set `notify-keyspace-events` there; the watcher carries on.
+    time stops counting until it holds the lease again, rather than risk counting twice. With Redis Cluster the
+    events are per node and this watches only the node the URL names.
+
+    The watcher never sets `notify-keyspace-events`: that is the server's configuration (the embedded Redis has it
+    in the file `service.redis_server` writes; docker-compose.yml and deploy/ pass it; an external Redis needs it
+    from its operator), which survives a Redis restart and needs no CONFIG rights. When it starts counting, it
+    reads the setting (CONFIG GET) and logs a warning if the events are off, or if the server refuses CONFIG
+    (managed Redis), and counts anyway.
     """
 
     def __init__(self, client: "redis.Redis", lease_seconds: float = 10.0,
@@ -437,11 +418,11 @@ class ExpiryWatcher:
         self.lease_seconds = float(lease_seconds)
         self.on_expired = on_expired or SESSIONS_EXPIRED.inc
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
-        self.db = database(client)
-        self.channel = f"__keyevent@{self.db}__:expired"
+        # not thread-local: the watcher's thread takes and renews the lease, stop() hands it back from another
+        self.lease = client.lock(LEASE_KEY, timeout=self.lease_seconds, blocking=False, thread_local=False)
+        self.channel = f"__keyevent@{database(client)}__:expired"
         self.counting = False  # holds the lease and is subscribed
-        self._claim = client.register_script(CLAIM_LEASE_SCRIPT)
-        self._release = client.register_script(RELEASE_LEASE_SCRIPT)
+        self._held = False  # acquired, and not yet found lapsed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False  # log a Redis outage once, not every retry
@@ -463,9 +444,9 @@ class ExpiryWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
         try:
-            self._release(keys=[LEASE_KEY], args=[self.token])
-        except redis.RedisError:
-            pass  # the lease expires by itself
+            self.lease.release()
+        except redis.RedisError:  # not held (LockError), lapsed (LockNotOwnedError) or Redis down: it expires by itself
+            pass
         self.client.close()
 
     # -- the loop ------------------------------------------------------------------------------------------------
@@ -477,21 +458,20 @@ class ExpiryWatcher:
             try:
                 started = time.monotonic()
                 with self._call("lease"):
-                    held = self._claim(keys=[LEASE_KEY], args=[self.token, int(self.lease_seconds * 1000)]) == 1
-                valid_until = started + self.lease_seconds  # counting past this could double-count
+                    held = self._hold()
                 if not held:
                     pubsub = self._unsubscribe(pubsub)
                     self._stop.wait(renew_every)
                     continue
                 if pubsub is None:
-                    self._enable_notifications()
+                    self._check_notifications()
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.channel)
                     self._set_counting(True)
                 if self._failing:
                     log.info("expiry watcher: Redis answers again")
                     self._failing = False
-                self._listen(pubsub, min(started + renew_every, valid_until))
+                self._listen(pubsub, started + renew_every)  # the lease, renewed at `started`, outlives this
             except redis.RedisError as e:
                 REDIS_ERRORS.labels(operation="expiry_watch").inc()
                 if not self._failing:
@@ -505,6 +485,17 @@ class ExpiryWatcher:
                 self._stop.wait(renew_every)
         self._unsubscribe(pubsub)
 
+    def _hold(self) -> bool:
+        """Renew the lease when this process holds it, else try to take it; whether it holds it now."""
+        if self._held:
+            try:
+                return self.lease.reacquire()
+            except redis.exceptions.LockNotOwnedError:  # it lapsed while this process stalled: stop counting first
+                self._held = False
+                return False
+        self._held = self.lease.acquire(token=self.token)
+        return self._held
+
     def _listen(self, pubsub, until: float) -> None:
         """Count expired session keys until `until` (monotonic), waking often enough to notice stop() at once."""
         while not self._stop.is_set():
@@ -515,17 +506,19 @@ class ExpiryWatcher:
             if message and message.get("type") == "message" and str(message.get("data", "")).startswith(KEY_PREFIX):
                 self.on_expired()
 
-    def _enable_notifications(self) -> None:
-        """Add `E` (keyevent channel) and `x` (expired) to notify-keyspace-events, keeping flags set by others."""
+    def _check_notifications(self) -> None:
+        """Warn when the server does not publish expired-key events: notify-keyspace-events lacks `E`, or lacks
+        both `x` and `A` (all classes), or CONFIG is refused so nobody here can tell."""
         try:
             flags = self.client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
-            wanted = flags + ("E" if "E" not in flags else "") + ("x" if "x" not in flags and "A" not in flags else "")
-            if wanted != flags:
-                self.client.config_set("notify-keyspace-events", wanted)
-                log.info("expiry watcher: notify-keyspace-events %r -> %r", flags, wanted)
         except redis.ResponseError as e:  # managed Redis: CONFIG renamed or forbidden
-            log.warning("expiry watcher: cannot enable keyspace notifications (%s); set notify-keyspace-events to "
-                        "include 'Ex' on the Redis server, or nextword_sessions_expired_total stays at 0", e)
+            problem = f"cannot read notify-keyspace-events ({e})"
+        else:
+            if "E" in flags and ("x" in flags or "A" in flags):
+                return
+            problem = f"notify-keyspace-events is {flags!r}"
+        log.warning("expiry watcher: %s; the Redis server must be configured with notify-keyspace-events Ex, or "
+                    "nextword_sessions_expired_total stays at 0", problem)
 
     def _unsubscribe(self, pubsub) -> None:
         if pubsub is not None:

@@ -16,10 +16,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
+from service.redis_server import NOTIFY_KEYSPACE_EVENTS
 from tests.servers import wait_for
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent / "service"
@@ -314,29 +316,50 @@ def test_expirations_are_counted_once_by_the_lease_holder(session_store, redis_u
             w.stop()
 
 
-def test_a_watcher_carries_on_when_config_is_refused(session_store, redis_url, caplog):
-    import redis as redis_py
+def test_a_holder_that_lost_its_lease_stops_counting_and_a_lapsed_lease_is_taken(session_store, redis_url):
+    from service.state import LEASE_KEY
 
+    watcher = _watcher(redis_url, _Count())
+    try:
+        wait_for(lambda: watcher.counting, what="the watcher to hold the lease")
+        # while this holder stalled its lease lapsed and another process took it, then died without releasing it
+        session_store.client.set(LEASE_KEY, "elsewhere:1:dead", px=3000)
+        wait_for(lambda: not watcher.counting, timeout=5, what="the watcher to notice at its next renewal")
+        wait_for(lambda: watcher.counting, timeout=10, what="the dead holder's lease to lapse and be taken")
+        assert session_store.client.get(LEASE_KEY) == watcher.token.encode()
+    finally:
+        watcher.stop()
+    assert session_store.client.get(LEASE_KEY) is None  # handed back
+
+
+@pytest.mark.parametrize("config", ["refused", "events off"])
+def test_a_watcher_warns_when_redis_does_not_publish_expirations_and_counts_anyway(session_store, redis_url, caplog,
+                                                                                  config):
+    """The watcher reads notify-keyspace-events and never writes it: the server's configuration is the one place
+    (for the test Redis, the file service/redis_server.py writes)."""
     admin = session_store.client
     admin.config_set("notify-keyspace-events", "")
     admin.acl_setuser("limited", enabled=True, passwords=["+limited-pw"], keys=["*"], channels=["*"],
                       commands=["+@all", "-config"])
     try:
-        url = redis_url.replace("redis://", "redis://limited:limited-pw@")
-        assert redis_py.Redis.from_url(url).ping()
+        url = redis_url.replace("redis://", "redis://limited:limited-pw@") if config == "refused" else redis_url
         counter = _Count()
         with caplog.at_level(logging.WARNING, logger="service.state"):
             watcher = _watcher(url, counter)
             try:
                 wait_for(lambda: watcher.counting, what="the watcher to subscribe anyway")
-                assert "cannot enable keyspace notifications" in caplog.text
-                assert "limited-pw" not in caplog.text
+                (warning,) = [r.getMessage() for r in caplog.records if "expiry watcher" in r.getMessage()]
+                assert ("cannot read notify-keyspace-events" if config == "refused" else
+                        "notify-keyspace-events is ''") in warning
+                assert "notify-keyspace-events Ex" in warning and "limited-pw" not in warning
+                assert admin.config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
                 admin.config_set("notify-keyspace-events", "Ex")  # the operator sets it on the server
                 type(session_store)(admin, ttl_seconds=1).create("m", "d", "")
                 wait_for(lambda: counter.n == 1, timeout=10, what="the expiration")
             finally:
                 watcher.stop()
     finally:
+        admin.config_set("notify-keyspace-events", NOTIFY_KEYSPACE_EVENTS)
         admin.acl_deluser("limited")
 
 
