@@ -170,8 +170,10 @@ class RedisServer:
                 grace = 10.0
                 client = connect(self._address(), client_name="nextword-launcher")
                 try:
-                    client.shutdown(nosave=not self.persist)  # returns once the server has closed the connection
-                except redis.RedisError as e:  # not answering, or refused: SIGTERM takes over
+                    # redis-py takes a closed connection for success, and so a refused one too: then the wait
+                    # below runs out and SIGTERM follows
+                    client.shutdown(nosave=not self.persist)
+                except redis.RedisError as e:  # timed out, or an error reply: SIGTERM takes over
                     log.warning("redis-server SHUTDOWN failed (%s); terminating it", e)
                     grace = 0.0
                 finally:
