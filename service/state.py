@@ -1,4 +1,4 @@
-"""The session store: one Redis hash per session, written by compare-and-set. The only module that imports redis.
+"""The session store: one Redis hash per session, written by compare-and-set, and the count of expired sessions.
 
 Knows nothing of models, tensors or HTTP: a session's recurrent state is opaque bytes here (raw little-endian
 float32 tensors concatenated in manifest order; the engine validates them against the bundle). Every command
