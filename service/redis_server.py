@@ -168,16 +168,11 @@ class RedisServer:
         try:
             if proc.poll() is None:
                 grace = 10.0
-                client = connect(self._address(), client_name="nextword-launcher")
                 try:
-                    # redis-py takes a closed connection for success, and so a refused one too: then the wait
-                    # below runs out and SIGTERM follows
-                    client.shutdown(nosave=not self.persist)
+                    self._shutdown()
                 except redis.RedisError as e:  # timed out, or an error reply: SIGTERM takes over
                     log.warning("redis-server SHUTDOWN failed (%s); terminating it", e)
                     grace = 0.0
-                finally:
-                    client.close()
                 try:
                     proc.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
@@ -271,6 +266,20 @@ class RedisServer:
             return False
         finally:
             client.close()
+
+    def _shutdown(self) -> None:
+        """SHUTDOWN, or SHUTDOWN NOSAVE: returns once the server closed the connection. Not redis-py's shutdown(),
+        which takes NOAUTH (an AuthenticationError, a kind of ConnectionError) for success too."""
+        client = connect(self._address(), client_name="nextword-launcher")
+        try:
+            client.execute_command("SHUTDOWN", *(() if self.persist else ("NOSAVE",)))
+        except redis.AuthenticationError:
+            raise
+        except redis.ConnectionError:  # closed: going down (or refused: then stop()'s wait runs out, and SIGTERM)
+            return
+        finally:
+            client.close()
+        raise redis.RedisError("SHUTDOWN answered instead of shutting down")
 
     def _log_tail(self, lines: int = 5) -> str:
         try:

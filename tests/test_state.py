@@ -400,3 +400,18 @@ def test_server_refuses_a_data_dir_in_use(tmp_path):
             RedisServer(tmp_path / "data", persist=True).start()
     with RedisServer(tmp_path / "data", persist=True) as after:  # a clean stop frees the folder
         assert after.running
+
+
+def test_a_refused_shutdown_is_said_and_sigterm_stops_the_server(tmp_path, caplog):
+    """NOAUTH is a refusal, not a server going down (redis-py's own shutdown() would take it for one)."""
+    server = RedisServer(tmp_path / "data", persist=False)
+    admin = redis.Redis.from_url(server.start())
+    admin.config_set("requirepass", "pw")
+    admin.close()
+    pid = server.pid
+    with caplog.at_level("WARNING", logger="service.redis_server"):
+        server.stop()
+    assert not server.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert "SHUTDOWN failed (Authentication required" in caplog.text and "ignored SHUTDOWN" not in caplog.text
