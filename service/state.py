@@ -142,11 +142,13 @@ class SessionRecord:
 def _record(session_id: str, values: list, expires_in: int, state: bytes | None = None) -> SessionRecord:
     """Decode field values in FIELDS order (`state` given: use it instead of the state field's value)."""
     try:
-        model, digest, version, tokens, stored, created, updated, owner = values
-        return SessionRecord(session_id=session_id, model=model.decode(), digest=digest.decode(),
-                             version=int(version), tokens=int(tokens), state=bytes(stored) if state is None else state,
-                             created=float(created), updated=float(updated), owner=owner.decode(),
-                             expires_in=expires_in)
+        if len(values) != len(FIELDS):
+            raise ValueError(f"{len(values)} values for {len(FIELDS)} fields")
+        v = dict(zip(FIELDS, values))
+        return SessionRecord(session_id=session_id, model=v["model"].decode(), digest=v["digest"].decode(),
+                             version=int(v["version"]), tokens=int(v["tokens"]),
+                             state=bytes(v["state"]) if state is None else state, created=float(v["created"]),
+                             updated=float(v["updated"]), owner=v["owner"].decode(), expires_in=expires_in)
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:  # a hash someone else wrote to
         log.error("session %s: corrupt record in Redis (%s)", session_id[:8], e)
         raise InternalError("corrupt session record") from None
