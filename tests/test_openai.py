@@ -244,11 +244,12 @@ def test_prompt_words_outside_the_subjects_still_complete(client):
 
 
 def test_the_openapi_request_schema_lists_exactly_the_accepted_fields(client, service):
-    from service.http.openai import FIELDS
-
+    fields = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "logprobs", "echo",
+              "stream", "stream_options", "user", "best_of", "frequency_penalty", "presence_penalty", "logit_bias",
+              "suffix", "session_id"}  # OpenAI's completions fields, and the session extension
     document = requests.get(f"{service.url}/openapi.json").json()
     schema = document["components"]["schemas"]["CompletionRequest"]
-    assert schema["additionalProperties"] is False and set(schema["properties"]) == FIELDS
+    assert schema["additionalProperties"] is False and set(schema["properties"]) == fields
     assert schema["required"] == ["prompt"]
     assert set(document["paths"]["/v1/completions"]["post"]["responses"]["200"]["content"]) == {
         "application/json", "text/event-stream"}

@@ -71,7 +71,8 @@ def test_every_route_is_documented_and_nothing_else(app, document):
 def test_statuses_and_media_types(document):
     paths = document["paths"]
     predict = paths["/predict"]["post"]["responses"]
-    assert set(predict) == {"200", "400", "401", "404", "405", "406", "409", "412", "413", "415", "429", "503"}
+    assert set(predict) == {"200", "400", "401", "404", "405", "406", "408", "409", "412", "413", "415", "429", "503",
+                            "507"}
     assert set(predict["200"]["content"]) == {"application/json", "application/octet-stream"}
     assert {"X-Model", "X-Vocab-Size", "ETag"} <= set(predict["200"]["headers"])
     generate = paths["/sessions/{session_id}/generate"]["post"]

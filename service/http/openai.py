@@ -33,25 +33,13 @@ from service.errors import InternalError, InvalidInput, ModelMismatch, ServiceEr
 from service.http.context import services
 from service.http.responses import SSE, SSE_HEADERS, sse_error
 from service.http.sessions import _Timing
-from service.http.validation import boolean, integer, json_body, number, string
+from service.http.validation import json_body, parse
 from service.sampling import SamplingParams, top_k
 from service.tokenizer import EOS, detokenize, tokenize
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 log = logging.getLogger("nextword")
 
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default
-MAX_LOGPROBS = 5  # OpenAI's limit for completions
-MAX_STOP = 4  # OpenAI's limit
-FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "logprobs", "echo", "stream",
-          "stream_options", "user", "best_of", "frequency_penalty", "presence_penalty", "logit_bias", "suffix",
-          "session_id"}
-# OpenAI fields accepted only at the value that changes nothing (clients such as LangChain send them by default):
-# name -> (that value, why no other)
-NEUTRAL = {"n": (1, "one choice per request"), "best_of": (1, "one candidate per request"),
-           "frequency_penalty": (0, "penalties are not supported"), "presence_penalty": (0, "penalties are not "
-                                                                                          "supported"),
-           "echo": (False, "the prompt is not echoed")}
 LOGPROB_FLOOR = -9999.0  # what a probability of 0 is reported as (JSON has no -Infinity)
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 _JOINER = "a"  # a word standing for a session's unknown earlier words, so the first generated word gets its space
@@ -117,43 +105,6 @@ class _Joiner:
         return piece
 
 
-def _neutral(body: dict, name: str) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    expected, why = NEUTRAL[name]
-    if isinstance(value, bool) != isinstance(expected, bool) or value != expected:
-        raise InvalidInput(f"`{name}` must be {json.dumps(expected)} (or absent): {why}", field=name)
-
-
-def _prompt(body: dict) -> str:
-    value = body.get("prompt")
-    if isinstance(value, list):
-        if len(value) != 1 or not isinstance(value[0], str):
-            raise InvalidInput("`prompt` must be a string or a list of one string (n = 1; token ids are not "
-                               "supported)", field="prompt")
-        value = value[0]
-    if value is None:
-        raise InvalidInput("`prompt` is required", field="prompt")
-    if not isinstance(value, str):
-        raise InvalidInput("`prompt` must be a string or a list of one string", field="prompt")
-    if value == "":
-        return value  # continue the session, or start at the beginning of a line
-    return string({"prompt": value}, "prompt", max_length=services().settings.max_body_bytes, words=True)
-
-
-def _stop(body: dict) -> list[str]:
-    value = body.get("stop")
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(v, str) and 0 < len(v) <= 100 for v in items):
-        raise InvalidInput("`stop` must be a string or a list of strings of 1 to 100 characters", field="stop")
-    if len(items) > MAX_STOP:
-        raise InvalidInput(f"`stop` has more than {MAX_STOP} items", field="stop")
-    return items
-
-
 def _stop_words(stop: list[str], convention: str) -> list[str]:
     """The stops that are one word as the model reads text (only such a word can end a generation; the others
     never match, as with /generate's `stop`). Line breaks alone are `<eos>`, which always ends it anyway."""
@@ -165,37 +116,15 @@ def _stop_words(stop: list[str], convention: str) -> list[str]:
     return words
 
 
-def parse(body: dict) -> CompletionRequest:
-    settings = services().settings
-    for name in NEUTRAL:
-        _neutral(body, name)
-    logit_bias = body.get("logit_bias")
-    if logit_bias is not None and logit_bias != {}:
-        raise InvalidInput("`logit_bias` must be empty (or absent): biases are not supported", field="logit_bias")
-    if body.get("suffix") is not None:
-        raise InvalidInput("`suffix` must be null (or absent): insertion is not supported", field="suffix")
-    string(body, "user", max_length=256)  # accepted and ignored
-    options = body.get("stream_options")
-    if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
-        raise InvalidInput("`stream_options` must be an object with at most `include_usage`", field="stream_options")
-    include_usage = boolean(options or {}, "include_usage", False)
-    stream = boolean(body, "stream", False)  # stream_options mean nothing without it
-    temperature = number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = number(body, "top_p", 1.0, 0.0, 1.0)
+def _request() -> CompletionRequest:
+    req = parse(services().shapes.completion, json_body())
+    greedy = req.top_p == 0  # top_p 0 keeps only the most likely word: greedy, as temperature 0 is
     return CompletionRequest(
-        model=string(body, "model", max_length=200),
-        prompt=_prompt(body),
-        max_tokens=integer(body, "max_tokens", min(DEFAULT_MAX_TOKENS, settings.max_generate_tokens), 1,
-                           settings.max_generate_tokens, " (NEXTWORD_MAX_GENERATE_TOKENS)"),
-        # top_p 0 keeps only the most likely word: greedy, as temperature 0 is
-        params=SamplingParams(temperature=temperature if top_p > 0 else 0.0, top_p=top_p if top_p > 0 else 1.0,
-                              seed=integer(body, "seed", None, 0, 2**63 - 1)),
-        stop=_stop(body),
-        logprobs=integer(body, "logprobs", None, 0, MAX_LOGPROBS),
-        stream=stream,
-        include_usage=include_usage,
-        session_id=string(body, "session_id", max_length=200),
-    )
+        model=req.model, prompt=req.prompt, max_tokens=req.max_tokens,
+        params=SamplingParams(temperature=0.0 if greedy else req.temperature, top_p=1.0 if greedy else req.top_p,
+                              seed=req.seed),
+        stop=req.stop, logprobs=req.logprobs, stream=req.stream,  # stream_options mean nothing without stream
+        include_usage=req.stream_options is not None and req.stream_options.include_usage, session_id=req.session_id)
 
 
 def _start(req: CompletionRequest) -> tuple[Generation, str | None]:
@@ -292,7 +221,7 @@ def _chunk(cid: str, created: int, model: str, choices: list, **extra) -> str:
 @bp.post("/completions")
 def completions():
     started = time.perf_counter()
-    req = parse(json_body(FIELDS))
+    req = _request()
     generation, temporary = _start(req)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     g.log.update(model=generation.model, greedy=req.params.greedy, generated=0,

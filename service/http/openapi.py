@@ -1,61 +1,23 @@
 """The OpenAPI 3.1 document served at /openapi.json, built from the settings whose limits it states.
 Knows nothing of Flask; `tests/test_openapi.py` validates it and runs schemathesis against it.
 
-Request schemas say exactly what the validators in `validation.py` accept (and nothing more), so a
-generator that follows the schema gets 2xx and one that breaks it gets 4xx: optional fields are
-nullable (null means "use the default"), strings may hold no NUL, `additionalProperties: false`.
-Two limits cannot be written in JSON Schema and are stated in descriptions: the body size (413
-before the body is read) and the token count of a text (400 past `max_text_tokens`).
+Request schemas are generated from the request models in `shapes.py`, which also validate the bodies, so a
+generator that follows a schema gets 2xx and one that breaks it gets 4xx; this module adds their examples and
+writes everything else (paths, responses, the other schemas, descriptions). Two limits cannot be written in JSON
+Schema and are stated in descriptions: the body size (413 before the body is read) and the token count of a text
+(400 past `max_text_tokens`).
 """
 
 from __future__ import annotations
 
-import functools
-
 from service.config import Settings
 from service.errors import ERROR_TYPES
-from service.tokenizer import dropped
+from service.http.shapes import for_settings
 
 VERSION = "0.1.0"
 _MIME_JSON = "application/json"
 _MIME_BINARY = "application/octet-stream"
 _MIME_SSE = "text/event-stream"
-_NAME = r"^[^\x00]*[^\s\x00][^\x00]*$"  # what `validation.string` accepts: not blank, no NUL
-_NON_BLANK = r"\S"  # `stop` items: anything but whitespace only (NUL allowed)
-
-
-@functools.cache
-def _text_pattern() -> str:
-    """Not blank, no NUL, and at least one character the tokenizer keeps (it drops control and format
-    characters and variation selectors), so a text matching it always has a word. Lone surrogates (Cs)
-    are left out of the class: they are not Unicode scalar values, and regex engines that work on
-    those (Rust's, used by schemathesis) refuse a pattern naming them."""
-    spans, start = [], None
-    for code in range(0x110001):
-        ch = chr(code) if code < 0x110000 else ""
-        gone = bool(ch) and dropped(ch)
-        if gone and start is None:
-            start = code
-        elif not gone and start is not None:
-            spans.append((start, code - 1))
-            start = None
-    ranges = "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in spans)
-    return f"^[^\\x00]*[^{ranges}][^\\x00]*$"
-
-
-def _escape(code: int) -> str:
-    if code < 0x80 and chr(code).isalnum():
-        return chr(code)
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return chr(code)  # astral: the literal character (no escape means the same in Python and ECMA-262 regexes)
-
-
-def _nullable(schema: dict) -> dict:
-    """Optional request fields: null means absent, i.e. the default."""
-    out = dict(schema)
-    out["type"] = [schema["type"], "null"]
-    return out
 
 
 def _ref(name: str) -> dict:
@@ -92,6 +54,10 @@ _E401 = _error("Missing or unknown API key (only when API keys are configured)."
 _E405 = _error("The path exists, not with this method.", "method_not_allowed", headers={"Allow": _header("Allow")})
 _E413 = _error("The request body is larger than NEXTWORD_MAX_BODY_BYTES; it is not read.", "payload_too_large")
 _E415 = _error("The body is not `application/json`.", "unsupported_media_type")
+_E408 = _error("The request body did not arrive within NEXTWORD_REQUEST_READ_TIMEOUT_S (answered by the HTTP worker, "
+               "which then closes the connection).", "request_timeout")
+_E507 = _error("Redis is out of memory with nothing left to evict, so the session's new state cannot be written "
+               "(retrying does not help until memory is freed; reads still work).", "state_store_full")
 
 
 def _e400(extra: str = "") -> dict:
@@ -128,8 +94,6 @@ def _e503(*codes: str) -> dict:
 
 
 def _schemas(s: Settings) -> dict:
-    name = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _NAME}
-    text = {"type": "string", "minLength": 1, "maxLength": s.max_body_bytes, "pattern": _text_pattern()}
     session_view = {
         "type": "object",
         "required": ["session_id", "model", "model_version", "tokens", "version", "created", "updated",
@@ -194,55 +158,6 @@ def _schemas(s: Settings) -> dict:
             "example": {"error": {"code": "invalid_input", "message": "`top_k` must be at most 1000",
                                   "field": "top_k"}},
         },
-        "PredictRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["text"],
-            "properties": {
-                "text": {**text, "description": (
-                    "Raw text, split the way the model's corpus was split (see the model's `text_convention`); "
-                    f"each line break is an `<eos>`. At most {s.max_text_tokens} tokens after splitting "
-                    "(NEXTWORD_MAX_TEXT_TOKENS; more is a 400 on `text`), and at least one word. With a "
-                    "session, the text is appended to the session's context.")},
-                "model": _nullable({**name, "description": "A loaded model (GET /models); default: the "
-                                                           "service's default model, or the session's."}),
-                "top_k": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_top_k,
-                                    "description": "How many predictions the JSON response lists (default 10; "
-                                                   "clipped to the vocabulary size)."}),
-                "session_id": _nullable({**name, "description": "Continue this session: the text is fed after "
-                                                                "its state, and the new state is stored."}),
-                "scores": _nullable({"type": "boolean", "description": (
-                    "Also give each token's probability given everything before it (`scores`): the session's "
-                    "context, or, without a session, the start of a line. Costs one model step per token.")}),
-            },
-            "example": {"text": "the cat", "top_k": 5},
-        },
-        "BatchRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["items"],
-            "properties": {"items": {
-                "type": "array", "minItems": 1, "maxItems": s.max_batch_items,
-                "description": f"At most {s.max_batch_items} items (NEXTWORD_MAX_BATCH_ITEMS). Items naming the "
-                               "same session apply in item order.",
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["text"],
-                    "properties": {
-                        "text": {**text, "description": "As /predict's `text`."},
-                        "model": _nullable({**name, "description": "As /predict's `model`."}),
-                        "top_k": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_top_k,
-                                            "description": "As /predict's `top_k`."}),
-                        "session_id": _nullable({**name, "description": "As /predict's `session_id`."}),
-                        "if_version": _nullable({"type": "integer", "minimum": 0, "maximum": 2**62,
-                                                 "description": "As If-Match on /predict: the session's version "
-                                                                "this item expects (after the batch's earlier "
-                                                                "items on it)."}),
-                    },
-                }}},
-            "example": {"items": [{"text": "the"}, {"text": "cat"}]},
-        },
         "BatchResponse": {
             "type": "object",
             "required": ["results"],
@@ -281,41 +196,7 @@ def _schemas(s: Settings) -> dict:
                 "session": _ref("Session"),
             },
         },
-        "CreateSessionRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"model": _nullable({**name, "description": "Default: the service's default model."})},
-            "example": {"model": "wikitext2-lstm"},
-        },
         "Session": session_view,
-        "GenerateRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "text": _nullable({**text, "description": (
-                    "Prompt appended to the session before sampling (same rules as /predict's `text`). "
-                    "Without it, sampling continues from the session's last token (or from a line start for a "
-                    "new session).")}),
-                "max_tokens": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_generate_tokens,
-                                         "description": f"Tokens to sample at most (default "
-                                                        f"{min(32, s.max_generate_tokens)}; the ceiling is "
-                                                        "NEXTWORD_MAX_GENERATE_TOKENS, above it is a 400)."}),
-                "temperature": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 100,
-                                          "description": "Default 1; at or below 1e-5 sampling is greedy."}),
-                "top_k": _nullable({"type": "integer", "minimum": 0, "maximum": 1_000_000,
-                                    "description": "Sample among the k most likely words; 0 (default) = all."}),
-                "top_p": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                                    "description": "Nucleus sampling mass; 1 (default) = all."}),
-                "seed": _nullable({"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
-                                   "description": "Same seed, same session state and parameters: same words."}),
-                "stop": _nullable({"type": "array", "maxItems": 16,
-                                   "items": {"type": "string", "minLength": 1, "maxLength": 100,
-                                             "pattern": _NON_BLANK},
-                                   "description": "Words that end the generation (not included in `text`)."}),
-            },
-            "example": {"text": "the cat", "max_tokens": 8, "temperature": 0.8, "top_p": 0.95, "seed": 7,
-                        "stop": ["."]},
-        },
         "Generation": {
             "type": "object",
             "required": ["finish_reason", "text", "tokens", "model", "session", "token_details"],
@@ -330,7 +211,8 @@ def _schemas(s: Settings) -> dict:
             },
         },
         "TokenEvent": token_event,
-        **_openai_schemas(s, name, text),
+        **_openai_schemas(),
+        **_requests(s),
         "ModelInfo": model_info,
         "ModelList": {
             "type": "object",
@@ -371,10 +253,8 @@ def _schemas(s: Settings) -> dict:
     }
 
 
-def _openai_schemas(s: Settings, name: dict, text: dict) -> dict:
-    """POST /v1/completions (service/http/openai.py): OpenAI's request and response shapes, as far as served."""
-    prompt = {"anyOf": [{"type": "string", "const": ""}, text]}
-    neutral = "Accepted only at the value that changes nothing (OpenAI clients may send it)."
+def _openai_schemas() -> dict:
+    """GET /v1/models and POST /v1/completions (service/http/openai.py): OpenAI's response shapes, as far as served."""
     logprobs = {
         "type": ["object", "null"],
         "required": ["tokens", "token_logprobs", "top_logprobs", "text_offset"],
@@ -397,61 +277,6 @@ def _openai_schemas(s: Settings, name: dict, text: dict) -> dict:
                                                                  "ended the completion included."},
                             "total_tokens": {"type": "integer", "minimum": 0}}}
     return {
-        "CompletionRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["prompt"],
-            "properties": {
-                "model": _nullable({**name, "description": "A loaded model (GET /models); default: the service's "
-                                                           "default model, or the session's."}),
-                "prompt": {"anyOf": [*prompt["anyOf"], {"type": "array", "minItems": 1, "maxItems": 1,
-                                                        "items": prompt}],
-                           "description": "A string, or a list of one string (n = 1; token ids are not "
-                                          "supported). Read as /predict's `text` (at most "
-                                          f"{s.max_text_tokens} tokens, else a 400 on `prompt`). Empty: start at "
-                                          "the beginning of a line, or continue the session where it stands."},
-                "max_tokens": _nullable({"type": "integer", "minimum": 1, "maximum": s.max_generate_tokens,
-                                         "description": f"Words to generate at most (default "
-                                                        f"{min(16, s.max_generate_tokens)}; the ceiling is "
-                                                        "NEXTWORD_MAX_GENERATE_TOKENS, above it is a 400)."}),
-                "temperature": _nullable({"type": "number", "minimum": 0, "maximum": 2,
-                                          "description": "Default 1; 0 is greedy."}),
-                "top_p": _nullable({"type": "number", "minimum": 0, "maximum": 1,
-                                    "description": "Nucleus sampling mass; 1 (default) = all; 0 = greedy."}),
-                "stop": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 100},
-                                   {"type": "array", "maxItems": 4,
-                                    "items": {"type": "string", "minLength": 1, "maxLength": 100}},
-                                   {"type": "null"}],
-                         "description": "Up to 4. A stop that is one word as the model reads text ends the "
-                                        "completion at that word (left out of `text`); line breaks are `<eos>`, "
-                                        "which always ends it. A stop of several words never matches (the model "
-                                        "generates whole words)."},
-                "seed": _nullable({"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
-                                   "description": "Same seed, prompt and parameters: same completion."}),
-                "n": {"enum": [1, None], "description": neutral},
-                "best_of": {"enum": [1, None], "description": neutral},
-                "frequency_penalty": {"enum": [0, None], "description": neutral},
-                "presence_penalty": {"enum": [0, None], "description": neutral},
-                "echo": {"enum": [False, None], "description": neutral},
-                "logit_bias": {"type": ["object", "null"], "maxProperties": 0, "description": neutral},
-                "suffix": {"type": "null", "description": neutral},
-                "logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 5,
-                                       "description": "Log-probabilities of the chosen tokens and this many "
-                                                      "alternatives per token (one more model step per token)."}),
-                "stream": _nullable({"type": "boolean", "description": "Server-Sent Events: `data: {chunk}` per "
-                                                                       "token, then `data: [DONE]`."}),
-                "stream_options": {"type": ["object", "null"], "additionalProperties": False,
-                                   "properties": {"include_usage": {"type": ["boolean", "null"]}},
-                                   "description": "`include_usage`: a last chunk with `usage` and no choices."},
-                "user": _nullable({**name, "maxLength": 256, "description": "Ignored."}),
-                "session_id": _nullable({**name, "description": (
-                    "Not OpenAI's: continue this session (POST /sessions). The prompt and the generated words "
-                    "are committed to it as a generation commits; without it the completion runs on a "
-                    "temporary session that is deleted after it.")}),
-            },
-            "example": {"model": "wikitext2-lstm", "prompt": "The game began development in", "max_tokens": 8,
-                        "temperature": 0.8, "seed": 7, "logprobs": 2},
-        },
         "OpenAIModel": {
             "type": "object", "required": ["id", "object", "created", "owned_by"],
             "properties": {"id": {"type": "string", "description": "A loaded model's name."},
@@ -479,6 +304,23 @@ def _openai_schemas(s: Settings, name: dict, text: dict) -> dict:
             },
         },
     }
+
+
+_EXAMPLES = {
+    "PredictRequest": {"text": "the cat", "top_k": 5},
+    "BatchRequest": {"items": [{"text": "the"}, {"text": "cat"}]},
+    "CreateSessionRequest": {"model": "wikitext2-lstm"},
+    "GenerateRequest": {"text": "the cat", "max_tokens": 8, "temperature": 0.8, "top_p": 0.95, "seed": 7,
+                        "stop": ["."]},
+    "CompletionRequest": {"model": "wikitext2-lstm", "prompt": "The game began development in", "max_tokens": 8,
+                          "temperature": 0.8, "seed": 7, "logprobs": 2},
+}
+
+
+def _requests(s: Settings) -> dict:
+    """The request bodies' schemas, generated from their models, each with its example."""
+    return {name: {**schema, **({"example": _EXAMPLES[name]} if name in _EXAMPLES else {})}
+            for name, schema in for_settings(s).json_schemas().items()}
 
 
 def _paths(s: Settings) -> dict:
@@ -525,8 +367,8 @@ def _paths(s: Settings) -> dict:
                 "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405,
                 "406": _error("`Accept` allows neither application/json nor application/octet-stream.",
                               "not_acceptable"),
-                "409": _e409(), "412": _e412(), "413": _E413, "415": _E415, "429": _e429(),
-                "503": _e503("state_store_unavailable", "model_unavailable"),
+                "408": _E408, "409": _e409(), "412": _e412(), "413": _E413, "415": _E415, "429": _e429(),
+                "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
             },
         }},
         "/predict/batch": {"post": {
@@ -542,7 +384,7 @@ def _paths(s: Settings) -> dict:
             "responses": {
                 "200": _ok("One result per item.", _json(_ref("BatchResponse"))),
                 "400": _e400(f" More than {s.max_batch_items} items is a 400 on `items`."),
-                "401": _E401, "405": _E405, "413": _E413, "415": _E415, "429": _e429(),
+                "401": _E401, "405": _E405, "408": _E408, "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"),
             },
         }},
@@ -573,8 +415,8 @@ def _paths(s: Settings) -> dict:
                 "201": {**_ok("Created.", _json(_ref("Session")),
                               headers={"Location": _header("Location"), "ETag": _header("ETag")}),
                         "links": session_links},
-                "400": _e400(), "401": _E401, "404": _e404("unknown_model"), "405": _E405, "413": _E413,
-                "415": _E415, "503": _e503("state_store_unavailable"),
+                "400": _e400(), "401": _E401, "404": _e404("unknown_model"), "405": _E405, "408": _E408,
+                "413": _E413, "415": _E415, "503": _e503("state_store_unavailable"), "507": _E507,
             },
         }},
         "/sessions/{session_id}": {
@@ -618,9 +460,9 @@ def _paths(s: Settings) -> dict:
                         "or `event: error` / `data: {\"error\": {...}}`.")}},
                 }),
                 "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped."),
-                "401": _E401, "404": _e404("session_not_found", "not_found"), "405": _E405, "409": _e409(),
-                "412": _e412(), "413": _E413, "415": _E415, "429": _e429(),
-                "503": _e503("state_store_unavailable", "model_unavailable"),
+                "401": _E401, "404": _e404("session_not_found", "not_found"), "405": _E405, "408": _E408,
+                "409": _e409(), "412": _e412(), "413": _E413, "415": _E415, "429": _e429(),
+                "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
             },
         }},
         "/v1/completions": {"post": {
@@ -650,9 +492,9 @@ def _paths(s: Settings) -> dict:
                 }),
                 "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped; so is an "
                              "OpenAI field at a value that is not served (`n` 2, penalties, `echo`, ...)."),
-                "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405, "409": _e409(),
-                "413": _E413, "415": _E415, "429": _e429(),
-                "503": _e503("state_store_unavailable", "model_unavailable"),
+                "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405, "408": _E408,
+                "409": _e409(), "413": _E413, "415": _E415, "429": _e429(),
+                "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
             },
         }},
         "/v1/models": {"get": {

@@ -13,24 +13,24 @@ from service.errors import InternalError, ServiceError
 from service.http.context import services
 from service.http.responses import (SSE, SSE_HEADERS, etag, if_match, session_response, session_view, sse,
                                     sse_error)
-from service.http.validation import integer, json_body, number, string, string_list
+from service.http.validation import json_body, parse
 from service.sampling import SamplingParams
 
 bp = Blueprint("sessions", __name__)
 log = logging.getLogger("nextword")
 
 
-def _optional_json(allowed: set[str]) -> dict:
+def _optional_json() -> dict:
     """POST /sessions may come with no body at all."""
     if not request.get_data(cache=True) and request.mimetype in ("", "application/json"):
         return {}
-    return json_body(allowed)
+    return json_body()
 
 
 @bp.post("/sessions")
 def create():
-    body = _optional_json({"model"})
-    record = services().engine.create_session(string(body, "model", max_length=200), g.owner)
+    req = parse(services().shapes.create_session, _optional_json())
+    record = services().engine.create_session(req.model, g.owner)
     g.log.update(model=record.model)
     response = session_response(record, status=201)
     response.headers["Location"] = f"/sessions/{record.session_id}"
@@ -75,21 +75,12 @@ class _Timing:
 @bp.post("/sessions/<session_id>/generate")
 def generate(session_id: str):
     started = time.perf_counter()
-    settings = services().settings
     stream = request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
-    body = json_body({"text", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop"})
-    prompt = string(body, "text", max_length=settings.max_body_bytes, words=True)
-    max_tokens = integer(body, "max_tokens", min(32, settings.max_generate_tokens), 1, settings.max_generate_tokens,
-                         " (NEXTWORD_MAX_GENERATE_TOKENS)")
-    params = SamplingParams(
-        temperature=number(body, "temperature", 1.0, 0.0, 100.0, low_open=True),
-        top_k=integer(body, "top_k", 0, 0, 1_000_000),
-        top_p=number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        seed=integer(body, "seed", None, 0, 2**63 - 1),
-    )
-    stop = string_list(body, "stop", max_items=16)
+    req = parse(services().shapes.generate, json_body())
+    params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed)
     version = if_match(request.headers.get("If-Match"))
-    generation = services().engine.start_generation(session_id, g.owner, prompt, params, max_tokens, stop, version)
+    generation = services().engine.start_generation(session_id, g.owner, req.text, params, req.max_tokens, req.stop,
+                                                    version)
     g.log.update(model=generation.model, greedy=params.greedy,
                  tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
     timing = _Timing(generation.model, started)

@@ -1,20 +1,40 @@
-"""Reads and checks request bodies; every failure names the field. Knows Flask's request, nothing else."""
+"""Reads a request body and validates it against its shape (`shapes.py`); every failure is a 400 that names the
+field. Knows Flask's request and pydantic's errors, nothing of what the fields mean."""
 
 from __future__ import annotations
 
 import json
-import math
+import typing
 
 from flask import request
+from pydantic import BaseModel, ValidationError
 
 from service.errors import InvalidInput, InvalidJSON, UnsupportedMediaType
-from service.tokenizer import has_word
+from service.http.shapes import M, Setting
 
-_MISSING = object()
+# What a pydantic error type says, after the field's name (`top_k` must be at most 1000).
+_PHRASES = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "finite_number": "must be a number",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "model_type": "must be an object",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be strictly greater than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "string_too_long": "is longer than {max_length} characters",
+    "string_too_short": "must be at least {min_length} characters long",
+    "too_short": "must have at least {min_length} items",
+    "too_long": "has {actual_length} items; the limit is {max_length}",
+}
+_LIMITS = {"less_than_equal", "string_too_long", "too_long"}  # failures of a limit that a setting may set
 
 
-def json_body(allowed: set[str]) -> dict:
-    """The request's JSON object; 415 for another content type, 400 for bad UTF-8/JSON or unknown fields."""
+def json_body() -> dict:
+    """The request's JSON object; 415 for another content type, 400 for bad UTF-8 or JSON or a non-object."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'nothing'!r}")
     raw = request.get_data(cache=True)
@@ -30,9 +50,6 @@ def json_body(allowed: set[str]) -> dict:
         raise InvalidJSON("body is nested too deeply to parse") from None
     if not isinstance(body, dict):
         raise InvalidJSON("body must be a JSON object")
-    for name in body:
-        if name not in allowed:
-            raise InvalidInput(f"unknown field `{name}`; allowed: {', '.join(sorted(allowed))}", field=name)
     return body
 
 
@@ -40,72 +57,77 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def string(body: dict, name: str, required: bool = False, max_length: int = 1 << 20, words: bool = False):
-    """A string field: not blank, no NUL, at most max_length; with `words`, holding at least one word."""
-    value = body.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        if required:
-            raise InvalidInput(f"`{name}` is required", field=name)
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"`{name}` must be a string", field=name)
-    if not value.strip():
-        raise InvalidInput(f"`{name}` must not be empty", field=name)
-    if len(value) > max_length:
-        raise InvalidInput(f"`{name}` is longer than {max_length} characters", field=name)
-    if "\x00" in value:
-        raise InvalidInput(f"`{name}` contains a NUL character", field=name)
-    if words and not has_word(value):
-        raise InvalidInput(f"`{name}` has no words", field=name)
-    return value
+def parse(shape: type[M], body: dict) -> M:
+    """The body as its shape, or an InvalidInput naming the first field at fault."""
+    try:
+        return shape.model_validate(body)
+    except ValidationError as e:
+        raise _invalid(shape, e.errors(include_url=False, include_input=False)) from None
 
 
-def boolean(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidInput(f"`{name}` must be true or false", field=name)
-    return value
+def _invalid(shape: type[BaseModel], errors: list[dict]) -> InvalidInput:
+    """The error a client sees first, as the fields are read: an object's unknown fields before its fields, which
+    come in declaration order, and a batch's items in item order."""
+    ranked = []
+    for n, error in enumerate(errors):
+        field, holder, info = _locate(shape, error["loc"])
+        ranked.append((holder, error["type"] != "extra_forbidden", n, field, info, error))
+    holder, _, _, field, info, error = min(ranked, key=lambda r: r[:3])
+    path = _path(error["loc"])
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(sorted(_model_at(shape, error["loc"][:-1]).model_fields))
+        return InvalidInput(f"unknown field `{path}`; allowed: {allowed}", field=field)
+    ctx = error.get("ctx", {})
+    if error["type"] == "invalid":  # one of the checks in shapes.py
+        message = f"`{path}` {error['msg']}"
+    elif error["type"] in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
+        message = f"`{path}` must not be empty"
+    elif error["type"] in _PHRASES:
+        message = f"`{path}` {_PHRASES[error['type']].format(**ctx)}"
+    else:
+        message = f"`{path}`: {error['msg']}"
+    setting = next((m.env for m in (info.metadata if info else ()) if isinstance(m, Setting)), None)
+    if setting and error["type"] in _LIMITS:
+        message += f" ({setting})"
+    return InvalidInput(message, field=field)
 
 
-def integer(body: dict, name: str, default: int | None, low: int, high: int, high_hint: str = "") -> int | None:
-    value = body.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return default
-    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 3.0 is the integer 3
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"`{name}` must be an integer", field=name)
-    if value < low:
-        raise InvalidInput(f"`{name}` must be at least {low}", field=name)
-    if value > high:
-        raise InvalidInput(f"`{name}` must be at most {high}{high_hint}", field=name)
-    return value
+def _locate(shape: type[BaseModel], loc: tuple) -> tuple[str | None, tuple, object]:
+    """(the field an error names, the location of the object holding that field, the field's FieldInfo or None).
+    The field is a top-level field, or `items[3].text` inside a list of objects; inside a list of strings or a
+    nested object the error names the list or the object (`stop`, `stream_options`)."""
+    model, field, holder, info, i = shape, "", (), None, 0
+    while i < len(loc) and isinstance(loc[i], str):
+        field += f".{loc[i]}" if field else loc[i]
+        info = model.model_fields.get(loc[i])
+        i += 1
+        item = _list_item_model(info.annotation) if info is not None else None
+        if item is None or i >= len(loc) or not isinstance(loc[i], int):
+            break
+        field, holder, model, i = f"{field}[{loc[i]}]", loc[:i + 1], item, i + 1
+    return field or None, holder, info
 
 
-def number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
-    value = body.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInput(f"`{name}` must be a number", field=name)
-    if (value <= low) if low_open else (value < low):
-        raise InvalidInput(f"`{name}` must be {'strictly greater than' if low_open else 'at least'} {low}",
-                           field=name)
-    if value > high:
-        raise InvalidInput(f"`{name}` must be at most {high}", field=name)
-    return float(value)
+def _list_item_model(annotation) -> type[BaseModel] | None:
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
 
 
-def string_list(body: dict, name: str, max_items: int, max_length: int = 100) -> list[str]:
-    value = body.get(name, _MISSING)
-    if value is _MISSING or value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise InvalidInput(f"`{name}` must be a list of non-empty strings", field=name)
-    if len(value) > max_items:
-        raise InvalidInput(f"`{name}` has more than {max_items} items", field=name)
-    if any(len(v) > max_length for v in value):
-        raise InvalidInput(f"`{name}` items must be at most {max_length} characters", field=name)
-    return [v.strip() for v in value]
+def _model_at(shape: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The model of the object at `loc` (a list of objects' item, or a nested object)."""
+    model = shape
+    for part in loc:
+        if isinstance(part, str):
+            annotation = model.model_fields[part].annotation
+            model = _list_item_model(annotation) or annotation
+    return model
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
