@@ -323,11 +323,20 @@ def _requests(s: Settings) -> dict:
             for name, schema in for_settings(s).json_schemas().items()}
 
 
+def _model_get(operation: str, tag: str, summary: str, description: str, schema: str, named: bool = False) -> dict:
+    """GET of the model list or of one model (`named`: by the path's `name`)."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "A loaded model's name (GET /models)."}
+    responses = {"200": _ok(description, _json(_ref(schema))), "401": _E401, "405": _E405}
+    if named:
+        responses["404"] = _e404("unknown_model", "not_found")
+    return {"get": {"operationId": operation, "tags": [tag], "summary": summary,
+                    **({"parameters": [name]} if named else {}), "responses": responses}}
+
+
 def _paths(s: Settings) -> dict:
     session_id = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"},
                   "description": "From POST /sessions."}
-    model_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-                  "description": "A loaded model's name (GET /models)."}
     open_ = {"security": []}
     if_match = {"name": "If-Match", "in": "header", "required": False,
                 "schema": {"type": "string", "pattern": r'^("[0-9]{1,18}"|[0-9]{1,18}|\*)$'},
@@ -388,23 +397,12 @@ def _paths(s: Settings) -> dict:
                 "503": _e503("state_store_unavailable", "model_unavailable"),
             },
         }},
-        "/models": {"get": {
-            "operationId": "listModels", "tags": ["models"], "summary": "The loaded models and the default one",
-            "responses": {"200": _ok("Every loaded bundle.", _json(_ref("ModelList"))), "401": _E401,
-                          "405": _E405},
-        }},
-        "/models/{name}": {"get": {
-            "operationId": "getModel", "tags": ["models"], "summary": "One model, with its manifest",
-            "parameters": [model_name],
-            "responses": {"200": _ok("The model.", _json(_ref("ModelDetail"))), "401": _E401,
-                          "404": _e404("unknown_model", "not_found"), "405": _E405},
-        }},
-        "/models/{name}/vocab": {"get": {
-            "operationId": "getVocabulary", "tags": ["models"], "summary": "A model's vocabulary in id order",
-            "parameters": [model_name],
-            "responses": {"200": _ok("The vocabulary.", _json(_ref("Vocabulary"))), "401": _E401,
-                          "404": _e404("unknown_model", "not_found"), "405": _E405},
-        }},
+        "/models": _model_get("listModels", "models", "The loaded models and the default one",
+                              "Every loaded bundle.", "ModelList"),
+        "/models/{name}": _model_get("getModel", "models", "One model, with its manifest", "The model.",
+                                     "ModelDetail", named=True),
+        "/models/{name}/vocab": _model_get("getVocabulary", "models", "A model's vocabulary in id order",
+                                           "The vocabulary.", "Vocabulary", named=True),
         "/sessions": {"post": {
             "operationId": "createSession", "tags": ["sessions"],
             "summary": "Start a session (recurrent state kept in Redis, idle ones expire)",
@@ -497,18 +495,10 @@ def _paths(s: Settings) -> dict:
                 "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
             },
         }},
-        "/v1/models": {"get": {
-            "operationId": "listOpenAIModels", "tags": ["openai"],
-            "summary": "The loaded models in OpenAI's shape (what `client.models.list()` reads)",
-            "responses": {"200": _ok("Every loaded model.", _json(_ref("OpenAIModelList"))), "401": _E401,
-                          "405": _E405},
-        }},
-        "/v1/models/{name}": {"get": {
-            "operationId": "getOpenAIModel", "tags": ["openai"], "summary": "One model in OpenAI's shape",
-            "parameters": [model_name],
-            "responses": {"200": _ok("The model.", _json(_ref("OpenAIModel"))), "401": _E401,
-                          "404": _e404("unknown_model", "not_found"), "405": _E405},
-        }},
+        "/v1/models": _model_get("listOpenAIModels", "openai", "The loaded models in OpenAI's shape (what "
+                                 "`client.models.list()` reads)", "Every loaded model.", "OpenAIModelList"),
+        "/v1/models/{name}": _model_get("getOpenAIModel", "openai", "One model in OpenAI's shape", "The model.",
+                                        "OpenAIModel", named=True),
         "/healthz": {"get": {
             "operationId": "healthz", "tags": ["ops"], "summary": "Liveness: the process answers", **open_,
             "responses": {"200": _ok("Alive.", _json(_ref("Health"))), "405": _E405},
