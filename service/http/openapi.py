@@ -320,7 +320,7 @@ _EXAMPLES = {
 def _requests(s: Settings) -> dict:
     """The request bodies' schemas, generated from their models, each with its example."""
     return {name: {**schema, **({"example": _EXAMPLES[name]} if name in _EXAMPLES else {})}
-            for name, schema in for_settings(s).json_schemas().items()}
+            for name, schema in for_settings(s).json_schemas.items()}
 
 
 def _model_get(operation: str, tag: str, summary: str, description: str, schema: str, named: bool = False) -> dict:

@@ -218,6 +218,7 @@ class Shapes:
     generate: type[Body]
     completion: type[Body]
 
+    @functools.cached_property
     def json_schemas(self) -> dict:
         """Each model's JSON Schema by name (those of nested models too), refs pointing at OpenAPI components."""
         models = [self.predict, self.batch, self.create_session, self.generate, self.completion]
