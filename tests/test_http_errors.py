@@ -108,6 +108,8 @@ CASES = [
     ("gen-temperature-high", "POST", GENERATE, _json({"temperature": 101}), 400, "invalid_input", "temperature"),
     ("gen-temperature-string", "POST", GENERATE, _json({"temperature": "hot"}), 400, "invalid_input",
      "temperature"),
+    ("gen-temperature-huge-int", "POST", GENERATE, _raw('{"temperature": 1' + "0" * 400 + "}"), 400,
+     "invalid_input", "temperature"),  # too large for a float: no OverflowError, no 500
     ("gen-top-p-zero", "POST", GENERATE, _json({"top_p": 0}), 400, "invalid_input", "top_p"),
     ("gen-top-p-high", "POST", GENERATE, _json({"top_p": 1.5}), 400, "invalid_input", "top_p"),
     ("gen-top-k-negative", "POST", GENERATE, _json({"top_k": -1}), 400, "invalid_input", "top_k"),
