@@ -44,36 +44,32 @@ def test_a_lone_caller_processes_its_own_item_on_its_own_thread():
     assert process.batches == [([3], threading.current_thread().name)]
 
 
-def test_callers_that_arrive_during_a_batch_form_the_next_one_led_by_the_oldest():
-    process = Recorder(hold_first=True)
-    group = GroupCommit(process)
-    results: dict = {}
-    first = _run_in_threads(group, [1], results)
-    assert process.started.wait(10)
-    waiting = []
-    for i in (2, 3, 4, 5):  # one at a time, so the queue order is known
-        waiting += _run_in_threads(group, [i], results)
-        while len(group._queue) < i - 1:
-            threading.Event().wait(0.001)
-    process.release.set()
-    for t in first + waiting:
-        t.join(10)
-    assert results == {1: 10, 2: 20, 3: 30, 4: 40, 5: 50}
-    assert process.batches == [([1], "caller-1"), ([2, 3, 4, 5], "caller-2")]
-
-
-def test_an_error_result_is_raised_to_its_caller_only():
+def _behind_a_held_batch(later: list) -> tuple[dict, list]:
+    """Caller 1's batch is held open while the `later` callers queue, one at a time in that order; then it is let
+    go. Returns (what each caller got, the batches processed)."""
     process = Recorder(hold_first=True)
     group = GroupCommit(process)
     results: dict = {}
     threads = _run_in_threads(group, [1], results)
     assert process.started.wait(10)
-    threads += _run_in_threads(group, [-2, 3], results)
-    while len(group._queue) < 2:
-        threading.Event().wait(0.001)
+    for n, item in enumerate(later, start=1):
+        threads += _run_in_threads(group, [item], results)
+        while len(group._queue) < n:
+            threading.Event().wait(0.001)
     process.release.set()
     for t in threads:
         t.join(10)
+    return results, process.batches
+
+
+def test_callers_that_arrive_during_a_batch_form_the_next_one_led_by_the_oldest():
+    results, batches = _behind_a_held_batch([2, 3, 4, 5])
+    assert results == {1: 10, 2: 20, 3: 30, 4: 40, 5: 50}
+    assert batches == [([1], "caller-1"), ([2, 3, 4, 5], "caller-2")]
+
+
+def test_an_error_result_is_raised_to_its_caller_only():
+    results, _ = _behind_a_held_batch([-2, 3])
     assert isinstance(results[-2], ValueError) and str(results[-2]) == "bad -2"
     assert results[1] == 10 and results[3] == 30
 
