@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import logs, metrics

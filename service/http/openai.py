@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
-from service.engine import Done, Generation, Token
+from service.engine import Done, Generation
 from service.errors import InternalError, InvalidInput, ModelMismatch, ServiceError
 from service.http.context import services
 from service.http.responses import SSE, SSE_HEADERS, sse_error
