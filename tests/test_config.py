@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, Settings
+from service.config import ConfigError, Settings, settings_help, variables
 
 
 def test_defaults_from_an_empty_environment():
@@ -24,7 +25,9 @@ def test_every_variable_is_read(tmp_path):
            "NEXTWORD_BATCH_MAX_SIZE": "14", "NEXTWORD_MAX_BATCH_ITEMS": "15", "NEXTWORD_BATCH_WAIT_MS": "0.5", "NEXTWORD_BATCH_GATHER_MS": "7",
            "NEXTWORD_CAS_RETRIES": "0",
            "NEXTWORD_API_KEYS": " a, b ,", "NEXTWORD_LOG_LEVEL": "DEBUG", "NEXTWORD_LOG_TEXT": "yes",
-           "NEXTWORD_GRACEFUL_TIMEOUT": "4", "PROMETHEUS_MULTIPROC_DIR": "/p"}
+           "NEXTWORD_GRACEFUL_TIMEOUT": "4", "PROMETHEUS_MULTIPROC_DIR": "/p", "NEXTWORD_API_KEYS_FILE": "",
+           "NEXTWORD_CORS_ORIGINS": "*", "NEXTWORD_REQUEST_READ_TIMEOUT_S": "2.5", "NEXTWORD_REDIS_MAXMEMORY": "1gb"}
+    assert set(env) == set(variables().values())
     s = Settings.from_env(env)
     assert (s.bind, s.models_dir, s.default_model, s.device, s.redis_url, s.redis_dir) == (
         "0.0.0.0:9000", tmp_path, "m", "cpu", "redis://h:6379/1", Path("/r"))
@@ -32,18 +35,47 @@ def test_every_variable_is_read(tmp_path):
             s.max_top_k, s.max_generate_tokens, s.max_streams, s.batch_max_size, s.cas_retries,
             s.graceful_timeout) == (3, 40, 2, 7, 9, 1000, 11, 12, 13, 14, 0, 4)
     assert s.max_batch_items == 15 and s.batch_wait_ms == 0.5 and s.batch_gather_ms == 7 and s.api_keys == ("a", "b") and s.log_level == "debug" and s.log_text
-    assert s.prometheus_dir == Path("/p")
+    assert s.prometheus_dir == Path("/p") and s.cors_origins == ("*",) and s.request_read_timeout_s == 2.5
+    assert s.redis_maxmemory == "1gb" and s.api_keys_file is None
 
 
 @pytest.mark.parametrize("name, value", [
     ("NEXTWORD_WORKERS", "two"), ("NEXTWORD_WORKERS", "0"), ("NEXTWORD_THREADS", "-1"),
     ("NEXTWORD_MAX_BATCH_ITEMS", "many"), ("NEXTWORD_MAX_BATCH_ITEMS", "0"), ("NEXTWORD_BATCH_WAIT_MS", "soon"),
-    ("NEXTWORD_BATCH_WAIT_MS", "5000"), ("NEXTWORD_DEVICE", "tpu"),
+    ("NEXTWORD_BATCH_WAIT_MS", "5000"), ("NEXTWORD_BATCH_WAIT_MS", "nan"), ("NEXTWORD_DEVICE", "tpu"),
     ("NEXTWORD_LOG_LEVEL", "loud"), ("NEXTWORD_LOG_TEXT", "maybe"), ("NEXTWORD_MAX_BODY_BYTES", "1"),
+    ("NEXTWORD_REDIS_MAXMEMORY", "lots"), ("NEXTWORD_SESSION_TTL_SECONDS", "3.5"),
 ])
 def test_a_bad_value_names_its_variable(name, value):
-    with pytest.raises(ConfigError, match=name):
+    with pytest.raises(ConfigError, match=f"^{name}"):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("name, value, message", [  # one of each kind, in the words operators know
+    ("NEXTWORD_WORKERS", "0", "NEXTWORD_WORKERS=0 must be between 1 and 64"),
+    ("NEXTWORD_BATCH_WAIT_MS", "soon", "NEXTWORD_BATCH_WAIT_MS='soon' is not a number"),
+    ("NEXTWORD_DEVICE", "TPU", "NEXTWORD_DEVICE='tpu' must be auto, cpu or cuda"),
+    ("NEXTWORD_LOG_TEXT", "maybe", "NEXTWORD_LOG_TEXT='maybe' must be true or false"),
+    ("NEXTWORD_REDIS_MAXMEMORY", "lots", "NEXTWORD_REDIS_MAXMEMORY='lots' must be a size such as 256mb or 2gb"),
+])
+def test_error_wording(name, value, message):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert str(caught.value) == message
+
+
+def test_values_are_stripped_and_a_blank_one_means_the_default():
+    s = Settings.from_env({"NEXTWORD_WORKERS": "  ", "NEXTWORD_BIND": " 0.0.0.0:9000 ", "NEXTWORD_LOG_TEXT": " on ",
+                           "NEXTWORD_REDIS_MAXMEMORY": " 2GB", "NEXTWORD_API_KEYS_FILE": " ", "REDIS_URL": ""})
+    assert (s.workers, s.bind, s.log_text, s.redis_maxmemory, s.api_keys, s.redis_url) == (
+        2, "0.0.0.0:9000", True, "2gb", (), "")
+
+
+def test_variable_names_are_exact_and_only_from_env_reads_them(monkeypatch):
+    assert Settings.from_env({"nextword_workers": "5", "WORKERS": "5"}).workers == 2
+    monkeypatch.setenv("NEXTWORD_WORKERS", "5")
+    assert Settings.from_env().workers == 5
+    assert Settings().workers == 2  # a Settings built in code holds its arguments only
 
 
 def test_api_keys_file_adds_keys_and_skips_comments(tmp_path):
@@ -69,3 +101,10 @@ def test_streams_cannot_take_the_threads_other_requests_need():
     with pytest.raises(ConfigError, match="NEXTWORD_MAX_STREAMS=3 .* 2 of NEXTWORD_THREADS=4"):
         Settings(threads=4, max_streams=3)
     assert Settings.from_env({"NEXTWORD_THREADS": "48", "NEXTWORD_MAX_STREAMS": "36"}).max_streams == 36
+
+
+def test_help_names_every_variable_with_its_default_and_meaning():
+    text = settings_help()
+    assert set(variables().values()) <= set(re.findall(r"^  (\w+) \(default: ", text, re.M))
+    assert "  NEXTWORD_WORKERS (default: 2)\n      gunicorn processes; each loads every bundle once" in text
+    assert "  NEXTWORD_API_KEYS_FILE (default: empty)\n" in text

@@ -85,7 +85,7 @@ def test_requests_pass_through(proxy, service):
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_large_bodies_are_refused_by_the_proxy_as_json(proxy, chunked):
-    payload = b'{"text": "' + b"a " * Settings.max_body_bytes + b'"}'
+    payload = b'{"text": "' + b"a " * Settings().max_body_bytes + b'"}'
     data = iter([payload[i:i + 8192] for i in range(0, len(payload), 8192)]) if chunked else payload
     response = requests.post(proxy + "/predict", data=data, headers={"Content-Type": "application/json"}, timeout=10)
     assert response.status_code == 413
