@@ -24,11 +24,23 @@ counts as a space); each line break is one `<eos>`, as every corpus line ends wi
 `<eos>` typed literally stay tokens. No token is ever empty. `detokenize` undoes what it can:
 `detokenize(tokenize(s)) == s` for ordinary English (not for curly quotes, `…`, spacing around
 symbols, or the rare `'` it guesses wrong).
+
+Why not sacremoses (0.2.0), measured with tools/compare_tokenizers.py on train.txt's 23 767 non-blank
+lines, each detokenized and tokenized again: ours gives back 23 181 lines exactly (97.53%); sacremoses'
+`MosesTokenizer(lang="en").tokenize(text, aggressive_dash_splits=True, escape=False)`, with the WikiText
+layer (`@,@` `@.@`, and all this module does around Moses), 23 049 (96.98%). They disagree on 189
+lines: only ours is right on 133, only sacremoses on 1. Its misses: an apostrophe at the very start or
+end of a text stays on the word (`the gods'` gives `gods'`, where the corpus writes `gods '`: Moses pads
+the line with spaces, sacremoses strips it), and at the end of a /predict text that is the word the
+prediction follows; and a CJK run is split into characters (`戦場` gives `戦 場`). It is slower too, on
+the /predict path: 19 µs per call for ours, 30 µs for bare sacremoses, 43 µs with the layer, on an
+8-word text (`python -m timeit`, best of 5; MosesDetokenizer made no difference to the counts).
 """
 
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 
 from service.bundle import TEXT_CONVENTIONS
@@ -56,10 +68,11 @@ _APOSTROPHE = (  # Moses' five rules, same order, same non-overlapping matches (
     (re.compile(r"([^\W\d_])'([^\W\d_])"), r"\1 '\2"),
     (re.compile(r"(\d)'(s)"), r"\1 '\2"),
 )
-# Words whose final period stays (a trimmed Moses nonbreaking_prefix.en); single capitals count too.
+# Words whose final period stays (a trimmed Moses nonbreaking_prefix.en), and its single capitals A-Z
 _ABBREVIATIONS = frozenset(
     "Adj Adm Adv Asst Bldg Brig Bros Capt Cmdr Col Comdr Corp Cpl Dr Drs Ens Gen Gov Hon Hosp Insp Lt Maj "
-    "Messrs Mlle Mme Mr Mrs Ms Msgr Ph Prof Pvt Rep Reps Rev Rt Sen Sens Sgt Sr St Supt Surg v vs".split())
+    "Messrs Mlle Mme Mr Mrs Ms Msgr Ph Prof Pvt Rep Reps Rev Rt Sen Sens Sgt Sr St Supt Surg v vs".split()
+    + list(string.ascii_uppercase))
 _BEFORE_NUMBER = frozenset("No Nos Op Art Nr pp".split())  # `No. 1`, `Op. 27`, `pp. 12`
 
 # detokenize, wikitext
@@ -104,8 +117,7 @@ def _moses(piece: str, pads: str) -> str:
 
 
 def _keeps_period(pre: str, after: str) -> bool:
-    return (("." in pre and any(ch.isalpha() for ch in pre)) or pre in _ABBREVIATIONS
-            or (len(pre) == 1 and pre.isupper()) or after[:1].islower()
+    return (("." in pre and any(ch.isalpha() for ch in pre)) or pre in _ABBREVIATIONS or after[:1].islower()
             or (pre in _BEFORE_NUMBER and after[:1].isdigit()))
 
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
 from service.tokenizer import CONVENTIONS, detokenize, tokenize
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2" / "train.txt"  # as in the Makefile
 
 
 def wt(text: str) -> list[str]:
@@ -17,7 +14,7 @@ def wt(text: str) -> list[str]:
 
 
 # (raw text, the tokens the corpus writes for it, space-joined). Every right-hand side occurs verbatim
-# in WikiText-2's train.txt; test_fragments_occur_in_corpus checks that where the corpus is at hand.
+# in WikiText-2's train.txt: tools/compare_tokenizers.py checks that (the suite never reads the corpus).
 CORPUS_FRAGMENTS = [
     ("a tactical role-playing video game", "a tactical role @-@ playing video game"),
     ("it wasn't until 1985", "it wasn 't until 1985"),
@@ -42,6 +39,7 @@ CORPUS_FRAGMENTS = [
     ("No. 1 on", "No. 1 on"),
     ("Moody, Jr. and", "Moody , Jr. and"),
     ("World War I.", "World War I."),
+    ("the street from Oslo Ø. However", "the street from Oslo Ø . However"),  # Moses' single capitals are A-Z
     ("Japanese: 戦場のヴァルキュリア3, lit. Valkyria of the Battlefield 3)",
      "Japanese : 戦場のヴァルキュリア3 , lit . Valkyria of the Battlefield 3 )"),
     ("developed by Sega and Media.Vision for", "developed by Sega and Media.Vision for"),
@@ -54,13 +52,6 @@ CORPUS_FRAGMENTS = [
 @pytest.mark.parametrize("raw, fragment", CORPUS_FRAGMENTS)
 def test_corpus_conventions(raw, fragment):
     assert wt(raw) == fragment.split(" ")
-
-
-@pytest.mark.skipif(not CORPUS.exists(), reason="WikiText-2 train.txt not at hand")
-def test_fragments_occur_in_corpus():
-    text = CORPUS.read_text(encoding="utf-8")
-    missing = [fragment for _, fragment in CORPUS_FRAGMENTS if f" {fragment} " not in text]
-    assert not missing
 
 
 @pytest.mark.parametrize("raw, tokens", [
