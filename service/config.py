@@ -61,7 +61,6 @@ class Settings(BaseModel):
     max_batch_items: int = Field(256, ge=1, le=100_000)  # items in one POST /predict/batch; beyond: 400
     batch_max_size: int = Field(64, ge=1, le=4096)  # rows per onnxruntime call; past ~64 throughput gains are small
     batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)  # how long every call waits for more rows (a queue delay)
-    batch_gather_ms: float = Field(5.0, ge=0.0, le=1000.0)  # wait for session steps already on their way (never when idle)
     cas_retries: int = Field(64, ge=0, le=10_000)  # re-runs of a step whose session changed underneath it, before 409
     api_keys: tuple[str, ...] = Field((), repr=False)  # empty = open service (logged at startup)
     api_keys_file: Path | None = None  # one more API key per line (`#` starts a comment line); read at startup

@@ -22,7 +22,7 @@ def test_every_variable_is_read(tmp_path):
            "NEXTWORD_WORKERS": "3", "NEXTWORD_THREADS": "40", "NEXTWORD_ORT_THREADS": "2",
            "NEXTWORD_SESSION_TTL_SECONDS": "7", "NEXTWORD_MAX_TEXT_TOKENS": "9", "NEXTWORD_MAX_BODY_BYTES": "1000",
            "NEXTWORD_MAX_TOP_K": "11", "NEXTWORD_MAX_GENERATE_TOKENS": "12", "NEXTWORD_MAX_STREAMS": "13",
-           "NEXTWORD_BATCH_MAX_SIZE": "14", "NEXTWORD_MAX_BATCH_ITEMS": "15", "NEXTWORD_BATCH_WAIT_MS": "0.5", "NEXTWORD_BATCH_GATHER_MS": "7",
+           "NEXTWORD_BATCH_MAX_SIZE": "14", "NEXTWORD_MAX_BATCH_ITEMS": "15", "NEXTWORD_BATCH_WAIT_MS": "0.5",
            "NEXTWORD_CAS_RETRIES": "0",
            "NEXTWORD_API_KEYS": " a, b ,", "NEXTWORD_LOG_LEVEL": "DEBUG", "NEXTWORD_LOG_TEXT": "yes",
            "NEXTWORD_GRACEFUL_TIMEOUT": "4", "PROMETHEUS_MULTIPROC_DIR": "/p", "NEXTWORD_API_KEYS_FILE": "",
@@ -34,7 +34,7 @@ def test_every_variable_is_read(tmp_path):
     assert (s.workers, s.threads, s.ort_threads, s.session_ttl_seconds, s.max_text_tokens, s.max_body_bytes,
             s.max_top_k, s.max_generate_tokens, s.max_streams, s.batch_max_size, s.cas_retries,
             s.graceful_timeout) == (3, 40, 2, 7, 9, 1000, 11, 12, 13, 14, 0, 4)
-    assert s.max_batch_items == 15 and s.batch_wait_ms == 0.5 and s.batch_gather_ms == 7 and s.api_keys == ("a", "b") and s.log_level == "debug" and s.log_text
+    assert s.max_batch_items == 15 and s.batch_wait_ms == 0.5 and s.api_keys == ("a", "b") and s.log_level == "debug" and s.log_text
     assert s.prometheus_dir == Path("/p") and s.cors_origins == ("*",) and s.request_read_timeout_s == 2.5
     assert s.redis_maxmemory == "1gb" and s.api_keys_file is None
 
