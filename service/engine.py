@@ -278,7 +278,7 @@ class Engine:
         Items naming the same session apply in item order, as one compare-and-set whose version grows by the number
         of items applied; every step of a wave (the n-th item of every session, and every stateless item) goes to
         the schedulers at once, and Redis is read and written in one pipelined round trip each."""
-        return self._apply(items, [owner] * len(items))
+        return self._steps.run_all([(item, owner) for item in items])  # with this worker's other session steps
 
     def _apply(self, items: list[BatchItem], owners: list[str]) -> list["Prediction | ServiceError"]:
         """`predict_batch` for items of several callers: each item is read and written as its own owner (a session

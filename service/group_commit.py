@@ -21,8 +21,8 @@ from collections.abc import Callable
 class _Entry:
     __slots__ = ("item", "result", "error", "lead", "_ready")
 
-    def __init__(self, item):
-        self.item = item
+    def __init__(self, items: list):
+        self.item = items  # one caller's items, kept together
         self.result = None
         self.error: BaseException | None = None
         self.lead = False  # woken to process the next batch rather than with a result
@@ -37,8 +37,8 @@ class _Entry:
 
 
 class GroupCommit:
-    """Runs `process(items) -> results` (one result per item, in order; a result that is an exception is raised to
-    its caller) over the items of concurrent `run` calls."""
+    """Runs `process(items) -> results` (one result per item, in order; a result may be an exception object) over
+    the items of concurrent `run` and `run_all` calls."""
 
     def __init__(self, process: Callable[[list], list]):
         self._process = process
@@ -47,7 +47,16 @@ class GroupCommit:
         self._leading = False
 
     def run(self, item):
-        entry = _Entry(item)
+        """One item: its result (or its error, raised)."""
+        result = self.run_all([item])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def run_all(self, items: list) -> list:
+        """Several items of one caller, kept together and in order in one batch: their results, in order (an error
+        of the batch as a whole is raised; an item's own error is its result, an exception object)."""
+        entry = _Entry(items)
         with self._lock:
             self._queue.append(entry)
             follow, self._leading = self._leading, True
@@ -57,17 +66,17 @@ class GroupCommit:
                 return self._outcome(entry)
         with self._lock:  # leading: the batch is everything queued, this caller's item first
             batch, self._queue = self._queue, []
+        items = [item for e in batch for item in e.item]
         try:
-            results = self._process([e.item for e in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"process returned {len(results)} results for {len(batch)} items")
+            results = self._process(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"process returned {len(results)} results for {len(items)} items")
+            start = 0
+            for e in batch:
+                e.result, start = results[start:start + len(e.item)], start + len(e.item)
         except BaseException as e:  # noqa: BLE001 - every caller of the batch gets what it raised
-            results = [e] * len(batch)
-        for e, result in zip(batch, results):
-            if isinstance(result, BaseException):
-                e.error = result
-            else:
-                e.result = result
+            for waiting in batch:
+                waiting.error = e
         with self._lock:
             if self._queue:
                 self._queue[0].lead = True
