@@ -173,22 +173,26 @@ def echo():
 '''
 
 
-def floor(workers: int, threads: int, seconds: float, workdir: Path) -> list[dict]:
+def floor(workers: int, threads: int, seconds: float, workdir: Path, worker_class: str = "gthread",
+          connections: tuple[int, ...] = TYPING_CONNECTIONS) -> list[dict]:
+    """The bare app under gunicorn; `worker_class` service.worker.BufferingWorker measures what the service's
+    slow-client protection costs on top of gthread."""
     (workdir / "floor_app.py").write_text(FLOOR_APP)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(workdir), "-k", "gthread", "-w",
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(workdir), "-k", worker_class, "-w",
                              str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", "--log-level",
-                             "warning", "floor_app:app"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "warning", "floor_app:app"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: requests.post(url + "/echo", json={"text": "x"}, timeout=1).ok)
         script = _lua_post('"/echo"', '\'{"text":"the","session_id":"abcdefghijklmnopqrstuvwxyz012345"}\'')
         rows = []
-        for c in TYPING_CONNECTIONS:
+        for c in connections:
             r = wrk(url, script, c, seconds, workdir)
             rows.append({"connections": c, **r})
-            print(f"floor   {c:>3} connections: {r['requests_per_s']:>8.0f} requests/s  p50 {r['p50_ms']:.2f} ms",
-                  flush=True)
+            print(f"floor   {c:>3} connections: {r['requests_per_s']:>8.0f} requests/s  p50 {r['p50_ms']:.2f} ms"
+                  f"  ({worker_class})", flush=True)
         return rows
     finally:
         proc.terminate()
@@ -268,6 +272,41 @@ def _histogram_quantile(m0: dict, m1: dict, name: str, q: float) -> float | None
     return None
 
 
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process so far, from /proc (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child, parent = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        out += children.get(todo[0], [])
+        todo = todo[1:] + children.get(todo[0], [])
+    return out
+
+
+def _cpu_per_request(before: dict, after: dict, requests_done: float) -> dict:
+    """CPU ms per request by role, from `_cpu_seconds` snapshots {role: [(user, sys), ...]}."""
+    out = {}
+    for role in before:
+        for i, kind in enumerate(("user", "sys")):
+            spent = sum(a[i] for a in after[role]) - sum(b[i] for b in before[role])
+            out[f"{role}_{kind}_ms"] = round(1000 * spent / max(requests_done, 1), 3)
+    return out
+
+
 def _delta(m0: dict, m1: dict, name: str) -> float:
     return m1.get(name, 0.0) - m0.get(name, 0.0)
 
@@ -284,10 +323,14 @@ def service_runs(models_dir: Path, bundle, workers: int, seconds: float, device:
 
         typing = _lua_post('"/predict"', '\'{"text":"\' .. words[math.random(#words)] .. \'","session_id":"\' '
                            '.. ids[math.random(#ids)] .. \'"}\'', setup)
+        roles = {"workers": _descendants(service.proc.pid), "redis": [redis.pid]}
         for c in TYPING_CONNECTIONS:
             m0 = service.metrics()
+            cpu0 = {role: [_cpu_seconds(p) for p in pids] for role, pids in roles.items()}
             r = wrk(service.url, typing, c, seconds, workdir)
+            cpu1 = {role: [_cpu_seconds(p) for p in pids] for role, pids in roles.items()}
             m1 = service.metrics()
+            r["cpu_per_request"] = _cpu_per_request(cpu0, cpu1, r["requests_per_s"] * r["seconds"])
             r["mean_batch"] = round(_delta(m0, m1, "nextword_model_batch_size_sum")
                                     / max(_delta(m0, m1, "nextword_model_batch_size_count"), 1), 2)
             out["typing"].append({"connections": c, **r})
@@ -370,6 +413,19 @@ def report(results: dict) -> str:
     for c in TYPING_CONNECTIONS:
         lines.append(f"| {c} | {ty[c]['requests_per_s']:.0f} | {ty[c]['p50_ms']:.2f} | {ty[c]['mean_batch']} | "
                      f"{fl[c]['requests_per_s']:.0f} | {fl[c]['p50_ms']:.2f} |")
+    cpu = ty[64].get("cpu_per_request")
+    if cpu:
+        floor_ms = 1000 * results["cpus"] / fl[64]["requests_per_s"]
+        row_ms = 1000 * results["workers"] / eng[32]["tokens_per_s"]
+        lines += ["", f"CPU per request, typing at 64 connections: workers {cpu['workers_user_ms']:.2f} ms user + "
+                  f"{cpu['workers_sys_ms']:.2f} ms system, Redis {cpu['redis_user_ms'] + cpu['redis_sys_ms']:.2f} ms; "
+                  f"the ideal charges {floor_ms + row_ms:.2f} ms (floor {floor_ms:.2f} ms on {results['cpus']} CPUs, "
+                  f"a model row at batch 32 {row_ms:.2f} ms)"]
+    buffered = {r["connections"]: r for r in results.get("floor_buffering", [])}
+    if 64 in buffered:
+        lines.append(f"the floor app under service.worker.BufferingWorker (slow-client protection), 64 connections: "
+                     f"{buffered[64]['requests_per_s']:.0f} requests/s against {fl[64]['requests_per_s']:.0f} under "
+                     f"gthread")
     lines += ["", "| engine batch | tokens/s | ms per call |", "|---|---|---|"]
     lines += [f"| {r['batch']} | {r['tokens_per_s']:.0f} | {r['step_ms']:.2f} |" for r in results["engine"]]
     return "\n".join(lines)
@@ -432,6 +488,8 @@ def main() -> int:
             print(f"\nwrote {out / 'results.json'}")
             return 0
         results["floor"] = floor(args.workers, 16, args.seconds, workdir)
+        results["floor_buffering"] = floor(args.workers, 16, args.seconds, workdir,
+                                           worker_class="service.worker.BufferingWorker", connections=(64,))
         results["service"] = service_runs(bundle_dir.parent, bundle, args.workers, args.seconds, args.device,
                                           workdir)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
