@@ -8,11 +8,24 @@ from __future__ import annotations
 # Session-scoped: every training run is cached and shared by all tests that ask for it.
 # ======================================================================================
 
+import contextlib
+import inspect
 import random
 import shutil
 from pathlib import Path
 
 import pytest
+
+from service.config import Settings
+from service.http.app import create_app
+from service.redis_client import connect
+from service.redis_server import RedisServer
+from service.state import SessionStore
+from tests.redis_topologies import LocalCluster, LocalSentinel
+from tests.servers import ServiceProcess
+from training.export import export
+from training.model import ModelConfig
+from training.train import TrainConfig, train
 
 TRAINING_OOV_WORD = "zebra"  # appears in valid.txt and test.txt, never in train.txt -> <unk>
 
@@ -58,9 +71,6 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 def _tiny_configs(data: Path, out: Path, **overrides):
     """(TrainConfig, ModelConfig) for a seconds-long run; keyword overrides go to whichever has the field."""
-    from training.model import ModelConfig
-    from training.train import TrainConfig
-
     tc = TrainConfig(data=str(data), out=str(out), device="cpu", batch_size=4, eval_batch_size=4, bptt=8,
                      optimizer="adam", lr=0.02, schedule="plateau", warmup_steps=0, clip=1.0, epochs=1, budget_minutes=0, max_steps=20,
                      seed=1234, threads=1)
@@ -83,44 +93,34 @@ def tiny_configs(tiny_corpus):
     return lambda out, **overrides: _tiny_configs(tiny_corpus, out, **overrides)
 
 
-@pytest.fixture(scope="session")
-def tiny_trained(tiny_corpus, tmp_path_factory):
-    """train(**overrides) -> run folder holding best.pt/last.pt; runs with equal overrides are trained once."""
-    from training.train import train
-
+def _made_once(root: Path, prefix: str, make):
+    """run(**overrides) -> root/<prefix><n>, filled by make(folder, **overrides) once per distinct overrides."""
     cache: dict[tuple, Path] = {}
-    root = tmp_path_factory.mktemp("tiny_runs")
 
     def run(**overrides) -> Path:
         key = tuple(sorted((k, repr(v)) for k, v in overrides.items()))
         if key not in cache:
-            out = root / f"run{len(cache)}"
-            tc, mc = _tiny_configs(tiny_corpus, out, **overrides)
-            train(tc, mc)
+            out = root / f"{prefix}{len(cache)}"
+            make(out, **overrides)
             cache[key] = out
         return cache[key]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_corpus, tmp_path_factory):
+    """train(**overrides) -> run folder holding best.pt/last.pt; runs with equal overrides are trained once."""
+    return _made_once(tmp_path_factory.mktemp("tiny_runs"), "run",
+                      lambda out, **overrides: train(*_tiny_configs(tiny_corpus, out, **overrides)))
 
 
 @pytest.fixture(scope="session")
 def tiny_exported(tiny_trained, tiny_corpus, tmp_path_factory):
     """export(**train_overrides) -> bundle folder exported (with measured perplexity) from tiny_trained."""
-    from training.export import export
-
-    cache: dict[tuple, Path] = {}
-    root = tmp_path_factory.mktemp("tiny_bundles")
-
-    def run(**overrides) -> Path:
-        key = tuple(sorted((k, repr(v)) for k, v in overrides.items()))
-        if key not in cache:
-            out = root / f"bundle{len(cache)}"
-            export(str(tiny_trained(**overrides) / "best.pt"), str(out), name="tiny", data=str(tiny_corpus),
-                   verify_steps=5)
-            cache[key] = out
-        return cache[key]
-
-    return run
+    return _made_once(tmp_path_factory.mktemp("tiny_bundles"), "bundle",
+                      lambda out, **overrides: export(str(tiny_trained(**overrides) / "best.pt"), str(out), name="tiny",
+                                                      data=str(tiny_corpus), verify_steps=5))
 
 
 @pytest.fixture(scope="session")
@@ -153,17 +153,11 @@ def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
 #                      TOPOLOGY_MODULES that reach redis_url only through other fixtures run on all three
 # ======================================================================================
 
-import inspect
-
-from service.redis_server import RedisServer
-
 TOPOLOGIES = ("single", "sentinel", "cluster")
 TOPOLOGY_MODULES = {"test_http_sessions", "test_generate"}
 
 
 def _redis_flushall(url: str) -> None:
-    from service.redis_client import connect
-
     client = connect(url)
     try:
         client.flushall()
@@ -183,8 +177,6 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
-    from tests.redis_topologies import LocalCluster
-
     cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.stop()
@@ -192,8 +184,6 @@ def redis_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory):
-    from tests.redis_topologies import LocalSentinel
-
     sentinel = LocalSentinel(tmp_path_factory.mktemp("redis-sentinel")).start()
     yield sentinel
     sentinel.stop()
@@ -223,8 +213,6 @@ def redis_url(request, redis_topology) -> str:
 
 @pytest.fixture
 def session_store(redis_url):
-    from service.state import SessionStore
-
     store = SessionStore.from_url(redis_url, ttl_seconds=60)
     yield store
     store.close()
@@ -263,8 +251,6 @@ def models_dir(tiny_exported, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_settings(models_dir, redis_url):
-    from service.config import Settings
-
     def make(**overrides) -> Settings:
         base = dict(models_dir=models_dir, redis_url=redis_url, default_model="tiny-lstm", device="cpu",
                     session_ttl_seconds=60, log_level="warning")
@@ -275,9 +261,6 @@ def make_settings(models_dir, redis_url):
 
 @pytest.fixture
 def make_app(make_settings):
-    from service.config import Settings
-    from service.http.app import create_app
-
     apps = []
 
     def make(settings: Settings | None = None, **overrides):
@@ -307,13 +290,14 @@ def client(app):
 # process fixtures: the real service under gunicorn (tests/servers.py)
 #   service_factory   service_factory(workers=1, **NEXTWORD_env) -> a started ServiceProcess on
 #                     models_dir + redis_url; every one started is stopped after the test
+#   module_service    module_service(**NEXTWORD_env) -> a started 1-worker ServiceProcess on models_dir and
+#                     the shared redis_server, kept for the whole test module (its tests must leave it as
+#                     they found it); every one started is stopped after the module
 # ======================================================================================
 
 
 @pytest.fixture
 def service_factory(models_dir, redis_url, tmp_path):
-    from tests.servers import ServiceProcess
-
     started: list[ServiceProcess] = []
 
     def start(workers: int = 1, redis: str | None = None, **env: str) -> ServiceProcess:
@@ -324,6 +308,13 @@ def service_factory(models_dir, redis_url, tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def module_service(models_dir, redis_server, tmp_path_factory):
+    with contextlib.ExitStack() as started:
+        yield lambda **env: started.enter_context(
+            ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("service"), workers=1, **env))
 
 # ======================================================================================
 # end of process fixtures

@@ -8,12 +8,14 @@ real service under gunicorn.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 
 import pytest
 import redis
 import requests
 
+from service.http import auth
 from tests.sse import read_events
 
 # Distinctive keys, so finding one in a log or in Redis cannot be a coincidence.
@@ -28,12 +30,8 @@ def bearer(key: str) -> dict:
 
 
 @pytest.fixture
-def keyed(make_settings):
-    from service.http.app import create_app
-
-    application = create_app(make_settings(api_keys=(K1, K2)))
-    yield application.test_client()
-    application.extensions["nextword"].engine.close()
+def keyed(make_app):
+    return make_app(api_keys=(K1, K2)).test_client()
 
 
 def _api_calls(sid: str) -> list[tuple[str, str, dict | None]]:
@@ -78,10 +76,6 @@ def test_valid_keys_open_the_api_and_probes_stay_open(keyed):
 
 
 def test_every_configured_key_is_compared_in_constant_time(keyed, monkeypatch):
-    import hmac
-
-    from service.http import auth
-
     calls, real = [], hmac.compare_digest
 
     def counting(a, b):

@@ -10,7 +10,6 @@ import re
 import pytest
 
 from service.config import ConfigError, Settings
-from service.http.app import create_app
 
 ORIGIN = "http://app.example:3000"
 

@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 from service.bundle import BundleError, load_bundle
 from service.runtime import ModelRuntime
+from training.__main__ import main
 from training.bundle import open_bundle
 from training.errors import TrainingError
 
@@ -78,8 +80,6 @@ def _edit_graph(edit):
     """A tampering that changes the ONNX graph (with the onnx library) and rehashes it."""
 
     def tamper(bundle: Path) -> None:
-        import onnx
-
         model = onnx.load(str(bundle / "model.onnx"))
         edit(model.graph)
         onnx.save(model, str(bundle / "model.onnx"))
@@ -196,8 +196,6 @@ def test_service_and_training_refuse_a_broken_bundle_for_the_same_reason(tiny_bu
 
 
 def test_the_training_cli_says_the_contract_reason_in_one_line(tiny_bundle_copy, tiny_corpus, capsys):
-    from training.__main__ import main
-
     _set("text.convention", "bpe")(tiny_bundle_copy)
     code = main(["evaluate", "--bundle", str(tiny_bundle_copy), "--text", str(tiny_corpus / "test.txt")])
     assert code == 2

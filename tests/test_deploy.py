@@ -12,6 +12,7 @@ real image.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import shutil
@@ -22,8 +23,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from flask import Flask
+from prometheus_client.metrics import MetricWrapperBase
 
+import service.metrics
 from service.config import Settings, variables
+from service.http import ops, predict, sessions
+from service.http.auth import OPEN_ENDPOINTS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -193,10 +199,6 @@ def _duration_seconds(text: str) -> float:
 
 def _routes() -> dict[str, str]:
     """GET path -> endpoint of the service's real blueprints (no bundles or Redis needed)."""
-    from flask import Flask
-
-    from service.http import ops, predict, sessions
-
     app = Flask("routes")
     for module in (ops, predict, sessions):
         app.register_blueprint(module.bp)
@@ -236,17 +238,20 @@ def _kubernetes_validate(*paths: Path) -> None:
         result.stdout + result.stderr
 
 
+def _validated_container(deployment: dict, out: Path) -> dict:
+    """An overlay's merged Deployment, written to `out` and validated strictly; its nextword container."""
+    out.write_text(yaml.safe_dump(deployment), encoding="utf-8")
+    _kubernetes_validate(out)
+    return _container(deployment)
+
+
 @pytest.mark.parametrize("path", _manifests(), ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_manifest_validates_strictly(path):
     _kubernetes_validate(path)
 
 
 def test_gpu_overlay_merged_validates_and_requests_a_gpu(tmp_path):
-    merged = _gpu_deployment()
-    out = tmp_path / "deployment-gpu-merged.yaml"
-    out.write_text(yaml.safe_dump(merged), encoding="utf-8")
-    _kubernetes_validate(out)
-    container = _container(merged)
+    container = _validated_container(_gpu_deployment(), tmp_path / "deployment-gpu-merged.yaml")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"name": "NEXTWORD_DEVICE", "value": "cuda"} in container["env"]
     overlay = yaml.safe_load((GPU_OVERLAY / "kustomization.yaml").read_text())
@@ -403,8 +408,6 @@ def test_redis_url_points_at_the_redis_that_is_deployed():
 def test_probe_and_scrape_paths_are_open_routes_of_the_service():
     """kubelet, Docker and Prometheus send no API key: each path they fetch must be a GET route
     of service/http, and exempt from authentication."""
-    from service.http.auth import OPEN_ENDPOINTS
-
     routes = _routes()
     container = _container(_deployment())
     paths = {container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
@@ -487,10 +490,6 @@ DASHBOARD = MONITORING / "nextword-dashboard.json"
 def _exported_series() -> dict[str, str]:
     """Series name -> metric type, for every metric service/metrics.py declares (the one home of
     metric names): counters as `_total`, histograms as `_bucket`/`_sum`/`_count`."""
-    from prometheus_client.metrics import MetricWrapperBase
-
-    import service.metrics
-
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     out = {}
     for value in vars(service.metrics).values():
@@ -506,8 +505,6 @@ def _metric_names(text: str) -> set[str]:
 
 
 def _dashboard_exprs() -> list[str]:
-    import json
-
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
@@ -565,8 +562,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
 
 
 def test_dashboard_covers_every_exported_metric():
-    import json
-
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -630,10 +625,7 @@ def test_gpu_overlay_scales_on_active_streams_through_the_adapter(tmp_path):
 
 def test_models_volume_overlay_mounts_bundles_read_only(tmp_path):
     deployment = _models_volume_deployment()
-    out = tmp_path / "deployment-models-volume-merged.yaml"
-    out.write_text(yaml.safe_dump(deployment), encoding="utf-8")
-    _kubernetes_validate(out)
-    container = _container(deployment)
+    container = _validated_container(deployment, tmp_path / "deployment-models-volume-merged.yaml")
     env = {e["name"]: e["value"] for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
     assert env["NEXTWORD_MODELS_DIR"] == mount["mountPath"] and mount["readOnly"] is True

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -106,20 +109,13 @@ def test_model_choice_changes_the_answer(client):
     assert client.post("/predict", json={"text": "the baker", "model": "tiny-rnn"}).json["model"] == "tiny-rnn"
 
 
-def test_default_model_is_configurable(make_settings):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(default_model="tiny-rnn"))
-    try:
-        assert app.test_client().post("/predict", json={"text": "the cat"}).json["model"] == "tiny-rnn"
-        assert app.test_client().get("/models").json["default"] == "tiny-rnn"
-    finally:
-        app.extensions["nextword"].engine.close()
+def test_default_model_is_configurable(make_app):
+    app = make_app(default_model="tiny-rnn")
+    assert app.test_client().post("/predict", json={"text": "the cat"}).json["model"] == "tiny-rnn"
+    assert app.test_client().get("/models").json["default"] == "tiny-rnn"
 
 
 def test_text_is_split_like_the_corpus(client, models_dir):
-    import json
-
     convention = json.loads((models_dir / "tiny-lstm" / "manifest.json").read_text())["text"]["convention"]
     assert convention == "wikitext"
     text = "The cat's toy-box, 1,000.5 fish!\nzebra"
@@ -161,9 +157,6 @@ def test_unknown_model_endpoints(client, path):
 
 def test_batched_predictions_equal_single_ones(app, monkeypatch):
     """Concurrent requests share onnxruntime batches; each row must equal the same request run alone."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
     client = app.test_client()
     texts = ["the cat", "a dog", "my friend", "the", "our teacher"] * 4  # two lengths: 1 and 2 tokens
     alone = {t: distribution(client, {"text": t})[0] for t in set(texts)}

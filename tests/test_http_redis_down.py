@@ -3,6 +3,8 @@ Retry-After, /readyz says 503, the service recovers by itself, and no session is
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +36,8 @@ def assert_unavailable(response) -> None:
 
 
 @pytest.fixture
-def down_app(make_settings, restartable_redis):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(redis_url=restartable_redis.url))
-    yield app
-    app.extensions["nextword"].engine.close()
+def down_app(make_app, restartable_redis):
+    return make_app(redis_url=restartable_redis.url)
 
 
 def test_liveness_and_readiness(down_app):
@@ -160,9 +158,6 @@ def test_a_retry_with_if_match_after_a_paused_redis_applies_the_word_once(make_a
     """The case from the issue: Redis pauses while a write is in flight and the client gets 503, whether or not
     Redis applies that write once it resumes. A client that retries with the version it read (If-Match) gets the
     word applied exactly once: 200 if the first write never landed, 412 if it did, and never a second copy."""
-    import os
-    import signal
-
     app = make_app(redis_url=restartable_redis.url)
     client = app.test_client()
     created = client.post("/sessions")

@@ -33,10 +33,6 @@ def new_session(client, model: str | None = None) -> str:
     return r.json["session_id"]
 
 
-def close_app(app) -> None:
-    app.extensions["nextword"].engine.close()
-
-
 # -- lifecycle -----------------------------------------------------------------------------------------------------
 
 def test_create_show_delete(client):
@@ -191,20 +187,14 @@ def test_every_access_slides_the_expiry(client, redis_url):
         raw.close()
 
 
-def test_idle_session_expires(make_settings):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(session_ttl_seconds=1))
-    try:
-        client = app.test_client()
-        sid = new_session(client)
-        assert client.get(f"/sessions/{sid}").json["expires_in"] == 1
-        time.sleep(1.6)
-        r = client.post("/predict", json={"text": "the", "session_id": sid})
-        assert r.status_code == 404 and r.json["error"]["code"] == "session_not_found"
-        assert client.get(f"/sessions/{sid}").status_code == 404
-    finally:
-        close_app(app)
+def test_idle_session_expires(make_app):
+    client = make_app(session_ttl_seconds=1).test_client()
+    sid = new_session(client)
+    assert client.get(f"/sessions/{sid}").json["expires_in"] == 1
+    time.sleep(1.6)
+    r = client.post("/predict", json={"text": "the", "session_id": sid})
+    assert r.status_code == 404 and r.json["error"]["code"] == "session_not_found"
+    assert client.get(f"/sessions/{sid}").status_code == 404
 
 
 # -- 409: another model, another bundle version ------------------------------------------------------------------------
@@ -218,34 +208,25 @@ def test_session_of_another_model_is_409(client):
     assert client.get(f"/sessions/{sid}").json["tokens"] == 2  # untouched
 
 
-def test_session_of_another_bundle_version_is_409(make_settings, models_dir, tiny_exported, tmp_path):
+def test_session_of_another_bundle_version_is_409(make_app, models_dir, tiny_exported, tmp_path):
     """The same model name served from a re-trained bundle: an old session is refused, never reused or reset."""
-    from service.http.app import create_app
-
-    old_app = create_app(make_settings())
-    try:
-        sid = new_session(old_app.test_client())
-        assert old_app.test_client().post("/predict", json={"text": "the cat", "session_id": sid}).status_code == 200
-    finally:
-        close_app(old_app)
+    old_app = make_app()
+    sid = new_session(old_app.test_client())
+    assert old_app.test_client().post("/predict", json={"text": "the cat", "session_id": sid}).status_code == 200
 
     retrained = tmp_path / "models"
     shutil.copytree(models_dir, retrained)
     shutil.rmtree(retrained / "tiny-lstm")
     shutil.copytree(tiny_exported(seed=4321), retrained / "tiny-lstm")
-    new_app = create_app(make_settings(models_dir=retrained))
-    try:
-        client = new_app.test_client()
-        assert client.get("/models/tiny-lstm").json["sha256"] != old_app.extensions["nextword"].engine.model(
-            "tiny-lstm").bundle.digest
-        for r in (client.post("/predict", json={"text": "eats", "session_id": sid}),
-                  client.post(f"/sessions/{sid}/generate", json={"max_tokens": 2})):
-            assert r.status_code == 409, r.get_data(as_text=True)
-            assert r.json["error"]["code"] == "model_mismatch" and r.json["error"]["field"] == "session_id"
-        assert client.get(f"/sessions/{sid}").json["tokens"] == 2  # untouched
-        assert new_session(client) != sid  # the remedy: a new session works
-    finally:
-        close_app(new_app)
+    client = make_app(models_dir=retrained).test_client()
+    assert client.get("/models/tiny-lstm").json["sha256"] != old_app.extensions["nextword"].engine.model(
+        "tiny-lstm").bundle.digest
+    for r in (client.post("/predict", json={"text": "eats", "session_id": sid}),
+              client.post(f"/sessions/{sid}/generate", json={"max_tokens": 2})):
+        assert r.status_code == 409, r.get_data(as_text=True)
+        assert r.json["error"]["code"] == "model_mismatch" and r.json["error"]["field"] == "session_id"
+    assert client.get(f"/sessions/{sid}").json["tokens"] == 2  # untouched
+    assert new_session(client) != sid  # the remedy: a new session works
 
 
 def test_corrupt_state_bytes_are_409_not_500(client, redis_url, app):

@@ -13,6 +13,7 @@ import re
 import uuid
 
 import pytest
+import redis as redis_py
 import requests
 
 from service import logs
@@ -55,19 +56,9 @@ def captured():
 
 
 @pytest.fixture
-def make_app(make_settings, captured):
-    from service.http.app import create_app
-
-    apps = []
-
-    def make(**overrides):
-        app = create_app(make_settings(log_level="info", **overrides))
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["nextword"].engine.close()
+def make_app(captured, make_app):
+    """conftest's make_app at log level info, after `captured` is listening."""
+    return lambda **overrides: make_app(log_level="info", **overrides)
 
 
 def test_formatter_writes_one_json_object_per_line():
@@ -186,8 +177,6 @@ def test_api_keys_never_reach_the_logs(make_app, captured):
 
 
 def test_the_service_logs_json_startup_lines_without_secrets(service_factory, restartable_redis):
-    import redis as redis_py
-
     password = f"pw-{uuid.uuid4().hex}"
     key = f"key-{uuid.uuid4().hex}"
     admin = redis_py.Redis.from_url(restartable_redis.url)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from training import __main__ as cli
+from training.__main__ import _configs, _parser, main
+from training.config import RECIPES
+from training.model import RNNModel
 from training.train import load_checkpoint, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +35,6 @@ def _cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def _main(capsys, *args) -> tuple[int, str, str]:
     """`python -m training ARGS` in this process (torch is already imported here): (code, stdout, stderr)."""
-    from training.__main__ import main
-
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
@@ -190,9 +192,6 @@ def test_ctrl_c_exits_130_keeps_a_loadable_best_checkpoint_and_resume_goes_on(ti
 
 
 def test_main_returns_130_on_keyboard_interrupt(tiny_corpus, tmp_path, monkeypatch):
-    from training import __main__ as cli
-    from training.model import RNNModel
-
     calls = []
     original = RNNModel.loss
 
@@ -224,9 +223,6 @@ def test_train_help_shows_every_default_and_choice(capsys):
 
 
 def test_an_architectures_recipe_fills_only_what_the_command_line_leaves_out(tiny_corpus, tmp_path):
-    from training.__main__ import _configs, _parser
-    from training.config import RECIPES
-
     argv = ["train", "--data", str(tiny_corpus), "--architecture", "rnn_tanh", "--hidden-size", "24"]
     args = _parser().parse_args(argv)
     del args.cmd, args.resume

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from service.bundle import file_sha256
-from training.data import EOS, UNK, Corpus, Vocab, batchify, read_lines
+from training.data import EOS, UNK, Corpus, Vocab, batchify, check_corpus, read_lines
+from training.derive import derive
 from training.errors import TrainingError
 
 OOV = "zebra"  # tests/conftest.py puts it in valid/test only
@@ -129,8 +130,6 @@ def test_batchify_refuses_too_short_or_bad_batches(n, batch):
 
 
 def test_check_corpus_accepts_the_tiny_corpus_and_finds_a_blank_split(tiny_corpus, tmp_path):
-    from training.data import check_corpus
-
     check_corpus(tiny_corpus)
     folder = tmp_path / "c"
     folder.mkdir()
@@ -142,8 +141,6 @@ def test_check_corpus_accepts_the_tiny_corpus_and_finds_a_blank_split(tiny_corpu
 
 
 def test_derive_cuts_consecutive_splits_from_one_file_with_a_smaller_vocabulary(tiny_corpus, tmp_path):
-    from training.derive import derive
-
     sizes = derive(tiny_corpus / "train.txt", tmp_path / "small", words=12, train_tokens=800, eval_tokens=200)
     corpus = Corpus.load(tmp_path / "small")
     assert len(corpus.vocab) <= 12 and UNK in corpus.vocab.words

@@ -10,14 +10,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
+from training.__main__ import main
 from training.bundle import open_bundle
-from training.data import EOS, UNK, Corpus, batchify
+from training.data import EOS, UNK, Corpus, batchify, read_lines
 from training.errors import TrainingError
-from training.evaluate import evaluate_file, perplexity
+from training.evaluate import context_profile, evaluate_file, line_reset_perplexity, perplexity
 from training.export import export, verify
 from training.train import compact
 from training.model import ARCHITECTURES
@@ -200,8 +202,6 @@ def test_perplexity_scores_each_parallel_stream_as_if_alone(tiny_bundle, tiny_co
 
 
 def test_context_profile_buckets_every_prediction_by_its_context_length(tiny_bundle, tiny_corpus):
-    from training.evaluate import context_profile
-
     manifest, vocab, session = open_bundle(tiny_bundle)
     ids = Corpus.load(tiny_corpus, vocab).test
     batch, window = 4, 12
@@ -217,9 +217,6 @@ def test_context_profile_buckets_every_prediction_by_its_context_length(tiny_bun
 
 
 def test_line_reset_perplexity_scores_each_line_alone_after_an_eos(tiny_trained, tiny_bundle, tiny_corpus):
-    from training.data import read_lines
-    from training.evaluate import line_reset_perplexity
-
     manifest, vocab, session = open_bundle(tiny_bundle)
     lines = [vocab.encode([line]) for line in read_lines(tiny_corpus / "test.txt")]
     ppl, n = line_reset_perplexity(session, manifest, lines, vocab.eos, batch_size=7)
@@ -238,8 +235,6 @@ def test_line_reset_perplexity_scores_each_line_alone_after_an_eos(tiny_trained,
 
 
 def test_a_float16_bundle_stores_half_the_bytes_and_runs_in_float32(tiny_trained, tiny_bundle, tiny_corpus, tmp_path):
-    import onnx
-
     run = tiny_trained(embedding_size=32, hidden_size=32)  # tensors large enough to be stored as float16
     compact(run / "best.pt", tmp_path / "compact", dtype="float16")
     summary = export(str(tmp_path / "compact"), str(tmp_path / "half"), name="tiny", data=str(tiny_corpus),
@@ -256,8 +251,6 @@ def test_a_float16_bundle_stores_half_the_bytes_and_runs_in_float32(tiny_trained
 
 
 def test_summary_table_shows_what_the_manifest_measured(tiny_bundle, capsys):
-    from training.__main__ import main
-
     assert main(["summary", str(tiny_bundle)]) == 0
     header, rule, row = capsys.readouterr().out.strip().splitlines()
     metrics = json.loads((tiny_bundle / "manifest.json").read_text())["metrics"]

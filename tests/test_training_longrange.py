@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.__main__ import main
 from training.data import UNK, Vocab
+from training.errors import TrainingError
+from training.export import export
 from training.longrange import (CHANCE, FIXED_IDS, INTRO, LEAD, NAMES, QUERY, LongRangeConfig, build_vocab,
-                                make_examples, run, wilson)
+                                _filler_words, make_examples, run, wilson)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEXT_WORDS = 600  # distinct words w0 … w599, so any run of them has exactly one place in the text
@@ -62,8 +65,6 @@ def test_the_name_sits_gap_words_before_the_query_inside_one_window_of_the_text(
 
 
 def test_names_in_the_text_are_unknown_words_so_only_the_example_holds_a_name(tmp_path):
-    from training.longrange import _filler_words
-
     folder = _write_corpus(tmp_path / "c", extra=" Cliff met Max")
     words = _filler_words(folder / "train.txt")
     assert "Cliff" not in words and "Max" not in words and words[20:23] == [UNK, "met", UNK]
@@ -72,8 +73,6 @@ def test_names_in_the_text_are_unknown_words_so_only_the_example_holds_a_name(tm
 
 
 def test_a_text_shorter_than_the_longest_gap_is_a_clear_error(text_vocab):
-    from training.errors import TrainingError
-
     _, _, filler = text_vocab
     with pytest.raises(TrainingError, match="needs at least"):
         make_examples(filler[:50], np.array([0]), 100, np.random.default_rng(0))
@@ -146,8 +145,6 @@ def test_the_same_seed_gives_the_same_numbers_and_another_seed_other_ones(tmp_pa
 
 
 def _main(capsys, *args) -> tuple[int, str, str]:
-    from training.__main__ import main
-
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
@@ -191,8 +188,6 @@ def test_a_missing_corpus_is_a_clear_error(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def profiled_bundles(tiny_trained, tiny_corpus, tmp_path_factory):
     """Two tiny bundles (LSTM and tanh RNN) exported with a context profile, as `make train` exports them."""
-    from training.export import export
-
     root = tmp_path_factory.mktemp("profiled")
     bundles = []
     for arch in ("lstm", "rnn_tanh"):
