@@ -8,9 +8,9 @@ enough to be cut in the middle.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
-import os
 
 import pytest
 import requests
@@ -19,17 +19,13 @@ import nextword_client
 from nextword_client import (APIError, Client, InvalidInput, PreconditionFailed, SessionNotFound, StreamInterrupted, Token,
                              TransportError, Unauthorized, UnknownModel)
 from service.errors import ERROR_TYPES
-from tests.servers import ServiceProcess, free_port, wait_for
-from tests.test_generate import LONG, PACE_MS, PROMPT, Remote, long_seed
+from tests.servers import free_port
+from tests.test_generate import LONG, PACE_MS, PROMPT, long_seed
 
 
 @pytest.fixture(scope="module")
-def service(models_dir, redis_server, tmp_path_factory):
-    proc = ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("client"), workers=1,
-                          NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
-    proc.start()
-    yield proc
-    proc.stop()
+def service(module_service):
+    return module_service(NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
 
 
 @pytest.fixture
@@ -138,21 +134,17 @@ def test_leaving_a_stream_early_commits_nothing_and_a_guarded_retry_is_exactly_o
     assert nw.get_session(sid)["tokens"] == 2 + LONG
 
 
-def test_a_server_dying_mid_stream_raises_stream_interrupted(models_dir, redis_url, tmp_path, client):
+def test_a_server_dying_mid_stream_raises_stream_interrupted(service_factory, client):
     seed, drained = long_seed(client, LONG)
-    proc = ServiceProcess(models_dir, redis_url, tmp_path / "dying", workers=1, NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
-    proc.start()
-    try:
-        with Client(proc.url) as nw:
-            sid = nw.create_session()["session_id"]
-            received = []
-            with pytest.raises(StreamInterrupted) as caught:
-                for token in nw.generate(sid, PROMPT, max_tokens=LONG, seed=seed):
-                    received.append(token)
-                    if len(received) == 2:
-                        os.killpg(proc.proc.pid, signal.SIGKILL)  # every process of the service, at once
-    finally:
-        proc.stop()
+    proc = service_factory(NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
+    with Client(proc.url) as nw:
+        sid = nw.create_session()["session_id"]
+        received = []
+        with pytest.raises(StreamInterrupted) as caught:
+            for token in nw.generate(sid, PROMPT, max_tokens=LONG, seed=seed):
+                received.append(token)
+                if len(received) == 2:
+                    os.killpg(proc.proc.pid, signal.SIGKILL)  # every process of the service, at once
     error = caught.value
     assert error.session_id == sid
     assert error.tokens == received and 2 <= len(received) < LONG

@@ -14,19 +14,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import ServiceProcess, free_port
+from tests.servers import free_port
 from tests.test_generate import LONG, PACE_MS, PROMPT, long_seed
 
 NEXTWORD = Path(sys.executable).parent / "nextword"  # the console script `pip install` put beside python
 
 
 @pytest.fixture(scope="module")
-def service(models_dir, redis_server, tmp_path_factory):
-    proc = ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("cli"), workers=1,
-                          NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
-    proc.start()
-    yield proc
-    proc.stop()
+def service(module_service):
+    return module_service(NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
 
 
 def nextword(*args: str, url: str | None = None, **env: str) -> subprocess.CompletedProcess:

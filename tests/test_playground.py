@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from tests.servers import ServiceProcess
+from playwright.sync_api import sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -26,18 +25,12 @@ TIMEOUT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
-def service(models_dir, redis_server, tmp_path_factory):
-    proc = ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("playground"), workers=1,
-                          NEXTWORD_BATCH_WAIT_MS="20")
-    proc.start()
-    yield proc
-    proc.stop()
+def service(module_service):
+    return module_service(NEXTWORD_BATCH_WAIT_MS="20")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield chromium
@@ -162,11 +155,10 @@ def test_session_mode_feeds_each_finished_word_once(page, service):
 
 
 @pytest.fixture
-def slow_page(browser, models_dir, redis_server, tmp_path):
+def slow_page(browser, service_factory):
     """The page on a service whose every model step takes 800 ms: a generation is still reading its
     prompt when Stop is clicked, however short the line the tiny model then writes."""
-    proc = ServiceProcess(models_dir, redis_server.url, tmp_path / "slow", workers=1, NEXTWORD_BATCH_WAIT_MS="800")
-    proc.start()
+    proc = service_factory(NEXTWORD_BATCH_WAIT_MS="800")
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -178,7 +170,6 @@ def slow_page(browser, models_dir, redis_server, tmp_path):
     page.problems = problems
     yield page, proc
     context.close()
-    proc.stop()
 
 
 def test_stop_ends_a_stream_and_the_page_recovers(slow_page):

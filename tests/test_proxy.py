@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from service.config import Settings
-from tests.servers import ServiceProcess, free_port, wait_for
+from tests.servers import free_port, wait_for
 from tests.sse import SSEReader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +30,8 @@ HEADER_TIMEOUT_S = 5  # client_header_timeout in nginx.conf (checked below)
 
 
 @pytest.fixture(scope="module")
-def service(models_dir, redis_server, tmp_path_factory):
-    proc = ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("proxied-service")).start()
-    yield proc
-    proc.stop()
+def service(module_service):
+    return module_service()
 
 
 @pytest.fixture(scope="module")
