@@ -10,6 +10,7 @@ without changing any result, so a stream lasts long enough to watch, interrupt a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
@@ -19,7 +20,7 @@ import requests
 
 from service.errors import StateStoreUnavailable
 from service.tokenizer import detokenize
-from tests.servers import ServiceProcess, wait_for
+from tests.servers import wait_for
 from tests.sse import SSE, SSEReader, open_stream, read_events
 
 PROMPT = "the cat"  # two tokens of the tiny corpus
@@ -63,6 +64,14 @@ def long_seed(client, n: int = LONG, prompt: str = PROMPT) -> tuple[int, dict]:
     pytest.fail(f"no seed in 0..2999 gives {n} tokens without <eos>")
 
 
+@contextlib.contextmanager
+def long_stream(url: str, sid: str, seed: int):
+    """Session `sid` on the server at `url` generating LONG tokens after PROMPT with `seed`, streamed: its events
+    as they arrive."""
+    with open_stream(f"{url}/sessions/{sid}/generate", {"text": PROMPT, "max_tokens": LONG, "seed": seed}) as response:
+        yield iter(SSEReader(response))
+
+
 def words_of(details: list[dict]) -> list[str]:
     return [d["word"] for d in details]
 
@@ -96,16 +105,12 @@ class _Reply:
 
 
 @pytest.fixture(scope="module")
-def paced(models_dir, redis_server, tmp_path_factory):
+def paced(module_service):
     """One real service (1 worker) whose model steps take >= PACE_MS, with a cap of ONE stream.
 
     Tests that use it read each stream to its end (which frees the slot before the body ends) or
     wait for its commit, so the next test finds the slot free."""
-    proc = ServiceProcess(models_dir, redis_server.url, tmp_path_factory.mktemp("paced"), workers=1,
-                          NEXTWORD_BATCH_WAIT_MS=str(PACE_MS), NEXTWORD_MAX_STREAMS="1")
-    proc.start()
-    yield proc
-    proc.stop()
+    return module_service(NEXTWORD_BATCH_WAIT_MS=str(PACE_MS), NEXTWORD_MAX_STREAMS="1")
 
 
 def test_the_sse_reader_parses_as_eventsource_does():
@@ -215,12 +220,8 @@ def test_generated_text_reads_naturally(client):
 
 
 @pytest.fixture
-def limited_client(make_settings):
-    from service.http.app import create_app
-
-    application = create_app(make_settings(max_generate_tokens=20))
-    yield application.test_client()
-    application.extensions["nextword"].engine.close()
+def limited_client(make_app):
+    return make_app(max_generate_tokens=20).test_client()
 
 
 @pytest.mark.parametrize("body, field", [
@@ -312,8 +313,6 @@ def test_a_failed_commit_mid_stream_is_an_error_event(app, client, monkeypatch):
 
 
 def test_a_model_failure_mid_stream_is_an_error_event_and_commits_nothing(app, client, monkeypatch):
-    from service.errors import ModelUnavailable
-
     seed, _ = long_seed(client, 8)
     sid = new_session(client)
     scheduler = app.extensions["nextword"].engine.model(None)
@@ -372,6 +371,7 @@ def test_tokens_reach_the_client_as_they_are_made(paced, client):
     assert np.count_nonzero(gaps >= 0.5 * pace) >= LONG // 2, gaps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("received", [1, 3, LONG - 2])
 def test_a_disconnect_commits_nothing_and_the_same_request_replays(paced, client, received):
     seed, drained = long_seed(client, LONG)
@@ -400,9 +400,7 @@ def test_a_stream_beyond_the_per_worker_cap_is_429(paced, client):
     seed, _ = long_seed(client, LONG)
     server = Remote(paced.url)
     a, b = new_session(server), new_session(server)
-    with open_stream(f"{paced.url}/sessions/{a}/generate", {"max_tokens": LONG, "seed": seed,
-                                                             "text": PROMPT}) as response:
-        events = iter(SSEReader(response))
+    with long_stream(paced.url, a, seed) as events:
         assert next(events).event == "token"  # the one slot (NEXTWORD_MAX_STREAMS=1) is taken
         for accept in (SSE, "application/json"):  # a drained generation needs a slot too
             refused = server.post(f"/sessions/{b}/generate", json={"max_tokens": 3}, headers={"Accept": accept})
@@ -419,9 +417,7 @@ def test_a_conflicting_write_mid_stream_ends_it_with_an_error_event(paced, clien
     seed, _ = long_seed(client, LONG)
     server = Remote(paced.url)
     sid, reference = new_session(server), new_session(server)
-    with open_stream(f"{paced.url}/sessions/{sid}/generate", {"text": PROMPT, "max_tokens": LONG,
-                                                               "seed": seed}) as response:
-        events = iter(SSEReader(response))
+    with long_stream(paced.url, sid, seed) as events:
         first = next(events)
         other = server.post("/predict", json={"text": "the dog", "session_id": sid})  # another client's step
         assert other.status_code == 200 and other.get_json()["session"]["version"] == 1
@@ -443,9 +439,7 @@ def test_redis_failing_mid_stream_ends_it_with_an_error_event(service_factory, r
     proc = service_factory(redis=restartable_redis.url, NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
     server = Remote(proc.url)
     sid = new_session(server)
-    with open_stream(f"{proc.url}/sessions/{sid}/generate", {"text": PROMPT, "max_tokens": LONG,
-                                                              "seed": seed}) as response:
-        events = iter(SSEReader(response))
+    with long_stream(proc.url, sid, seed) as events:
         first = next(events)
         restartable_redis.stop()
         rest = list(events)

@@ -8,8 +8,11 @@ import math
 
 import openai
 import pytest
+import redis
 import requests
 
+from service.heads import Heads
+from service.http.openai import _Joiner
 from service.tokenizer import detokenize
 from tests.conftest import _SUBJECTS
 from tests.servers import wait_for
@@ -30,8 +33,6 @@ def client(service):
 
 def _sessions(service) -> int:
     """Sessions in Redis: a stateless completion leaves none behind."""
-    import redis
-
     r = redis.Redis.from_url(service.env["REDIS_URL"])
     try:
         return sum(1 for _ in r.scan_iter("nextword:session:*"))
@@ -44,14 +45,19 @@ def test_drained_completion_has_openais_shape(client, service):
     assert c.object == "text_completion" and c.id.startswith("cmpl-") and c.model == "tiny-lstm"
     assert isinstance(c.created, int)
     [choice] = c.choices
-    assert choice.index == 0 and choice.finish_reason in ("stop", "length") and choice.logprobs is None
+    assert choice.index == 0 and choice.logprobs is None
     assert c.usage.prompt_tokens == 5  # the cat eats fish .
-    assert 1 <= c.usage.completion_tokens <= 5
     assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens
-    if choice.finish_reason == "length":
-        assert c.usage.completion_tokens == 5 and len(choice.text.split()) == 5
     assert not choice.text[:1].isalnum()  # a word follows the prompt after a space (punctuation hugs it)
     assert _sessions(service) == 0  # the temporary session is gone
+    # the same draw on the native endpoint: how it ended, and after how many tokens
+    sid = requests.post(f"{service.url}/sessions", json={"model": "tiny-lstm"}).json()["session_id"]
+    native = requests.post(f"{service.url}/sessions/{sid}/generate",
+                           json={"text": PROMPT, "max_tokens": 5, "seed": 3}).json()
+    assert choice.finish_reason == ("length" if native["finish_reason"] == "length" else "stop")
+    assert c.usage.completion_tokens == len(native["token_details"])
+    if choice.finish_reason == "length":
+        assert c.usage.completion_tokens == 5 and len(choice.text.split()) == 5
 
 
 def test_model_may_be_omitted_and_a_list_of_one_prompt_is_a_prompt(service):
@@ -288,8 +294,6 @@ def test_a_client_that_leaves_mid_stream_leaves_nothing_behind(service_factory):
 @pytest.mark.parametrize("start", [0, 5, 45])
 def test_pieces_concatenate_to_the_joined_text_past_the_window(start):
     """The joiner's pieces, over a context longer than its window, make the text the convention writes."""
-    from service.http.openai import _Joiner
-
     words = ('He said " it was 1 @,@ 000 ( or so ) , and that \'s all " . Then 2 : 33 passed ; role @-@ playing '
              'games , U.S. troops . " Open').split() * 3
     joiner = _Joiner(words[:start], "wikitext")
@@ -308,8 +312,6 @@ def test_models_are_listed_in_openais_shape(client):
 
 def test_logprobs_read_device_resident_rows(make_app):
     """On CUDA log-probabilities stay on the device (service/heads.py); the same heads run on the CPU provider."""
-    from service.heads import Heads
-
     resident, plain = make_app(), make_app()
     for scheduler in resident.extensions["nextword"].engine.models.values():
         rt = scheduler.runtime
