@@ -14,7 +14,7 @@ IMAGE      ?= nextword
 BASE_IMAGE ?= python:3.11.15-slim-bookworm
 DOCKER_BUILD := docker build --build-arg PYTHON_IMAGE=$(BASE_IMAGE)
 
-.PHONY: bench install install-dev serve test soak train train-smoke image image-cpu image-gpu image-smoke monitoring clean
+.PHONY: bench install install-dev serve test test-fast soak train train-smoke image image-cpu image-gpu image-smoke monitoring clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ serve: install
 
 test: install-dev
 	$(PY) -m pytest
+
+# The quick loop: every test but those marked `slow` (pyproject.toml); `make test` runs them all.
+test-fast: install-dev
+	$(PY) -m pytest -m "not slow"
 
 # Minutes of mixed load with faults (Redis and worker kills) against `python -m service`; never part of `make test`.
 # Reports errors, lost updates and memory growth; exits 1 on unexpected answers or lost updates.

@@ -289,11 +289,18 @@ def client(app):
 # ======================================================================================
 # process fixtures: the real service under gunicorn (tests/servers.py)
 #   service_factory   service_factory(workers=1, **NEXTWORD_env) -> a started ServiceProcess on
-#                     models_dir + redis_url; every one started is stopped after the test
+#                     models_dir + redis_url; every one started is stopped after the test. A test
+#                     that asks for it is marked `slow`: starting and stopping gunicorn takes ~3 s
 #   module_service    module_service(**NEXTWORD_env) -> a started 1-worker ServiceProcess on models_dir and
 #                     the shared redis_server, kept for the whole test module (its tests must leave it as
 #                     they found it); every one started is stopped after the module
 # ======================================================================================
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "service_factory" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -154,6 +154,7 @@ def test_no_session_is_half_written(service_factory, tmp_path):
         redis_server.stop()
 
 
+@pytest.mark.slow
 def test_a_retry_with_if_match_after_a_paused_redis_applies_the_word_once(make_app, restartable_redis, monkeypatch):
     """The case from the issue: Redis pauses while a write is in flight and the client gets 503, whether or not
     Redis applies that write once it resumes. A client that retries with the version it read (If-Match) gets the

@@ -132,6 +132,7 @@ def test_type_see_suggestions_accept_one_and_stream(page, service):
     assert page.problems == []
 
 
+@pytest.mark.slow
 def test_session_mode_feeds_each_finished_word_once(page, service):
     page.check("#session-mode")
     type_slowly(page, "a dog barks ")

@@ -125,6 +125,7 @@ def test_unreachable_service_is_a_json_503(proxy, tmp_path):
         proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_slow_request_heads_are_cut_off_by_the_proxy(proxy, service):
     """Sockets that send half a request head and then nothing: nginx closes each after
     client_header_timeout, and the service never sees them; meanwhile other requests are served."""

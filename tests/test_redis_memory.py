@@ -31,6 +31,7 @@ def test_the_embedded_redis_has_a_limit_and_evicts_only_keys_with_a_ttl(admin):
     assert config["maxmemory-policy"] == MAXMEMORY_POLICY == "volatile-lru"
 
 
+@pytest.mark.slow
 def test_a_full_redis_evicts_the_sessions_idle_longest(client_on, admin):
     def fed_session() -> str:
         sid = client_on.post("/sessions").json["session_id"]

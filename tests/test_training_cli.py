@@ -40,6 +40,7 @@ def _main(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_train_export_evaluate(tiny_corpus, tmp_path, capsys):
     run, bundle = tmp_path / "run", tmp_path / "models" / "tiny-gru"
     train_args = ["train", "--data", tiny_corpus, "--out", run, "--architecture", "gru", *TINY,
@@ -158,6 +159,7 @@ def test_bad_input_as_a_real_process_exits_with_one_error_line(case, tiny_corpus
 
 # ---------------------------------------------------------------------------- Ctrl-C
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_keeps_a_loadable_best_checkpoint_and_resume_goes_on(tiny_corpus, tmp_path, capsys):
     """A real SIGINT to a running `train`, sent once the first epoch's checkpoints are written."""
     run = tmp_path / "run"
@@ -234,6 +236,7 @@ def test_an_architectures_recipe_fills_only_what_the_command_line_leaves_out(tin
 
 # ---------------------------------------------------------------------------- the GPU recipe, on CPU
 
+@pytest.mark.slow
 def test_gpu_recipe_smoke_run_then_export_gives_two_bundles(tiny_corpus, tmp_path):
     """training/gpu_recipe.sh --smoke runs the recipe's exact commands on CPU (sizes shrunk for the test),
     then training/after_gpu.sh joins the parts and exports bundles measured through onnxruntime."""

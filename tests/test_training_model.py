@@ -413,6 +413,7 @@ class _InterruptOnTrainingCall:
         return loss
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_best_checkpoint_and_resume_finishes_the_run(tiny_trained, tiny_configs, tmp_path,
                                                                       monkeypatch, capsys):
     cfg = dict(RESUMABLE, schedule="cosine", epochs=2)  # cosine: the lr depends on the step across epochs
