@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.servers import ROOT, ServiceProcess, wait_for
 
 
+@pytest.mark.slow
 def test_sessions_survive_a_restart_on_the_embedded_redis(models_dir, tmp_path):
     env = {"REDIS_URL": "", "NEXTWORD_REDIS_DIR": str(tmp_path / "redis")}
     first = ServiceProcess(models_dir, "", tmp_path / "run1", **env).start()
@@ -85,6 +87,7 @@ def _redis_pid(tmp_path) -> int:
     return int((tmp_path / "redis" / "redis.pid").read_text())
 
 
+@pytest.mark.slow
 def test_a_killed_embedded_redis_is_restarted_with_its_sessions(models_dir, tmp_path):
     service = _embedded(tmp_path, models_dir).start()
     try:
@@ -103,6 +106,7 @@ def test_a_killed_embedded_redis_is_restarted_with_its_sessions(models_dir, tmp_
         assert service.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_second_launch_in_the_same_folder_touches_nothing(models_dir, tmp_path):
     service = _embedded(tmp_path, models_dir).start()
     try:
@@ -120,6 +124,7 @@ def test_a_second_launch_in_the_same_folder_touches_nothing(models_dir, tmp_path
         assert service.stop() == 0
 
 
+@pytest.mark.slow
 def test_children_of_a_killed_launcher_are_reported_in_one_line(models_dir, tmp_path):
     service = _embedded(tmp_path, models_dir).start()
     redis_pid = _redis_pid(tmp_path)

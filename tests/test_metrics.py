@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
 from service.redis_server import NOTIFY_KEYSPACE_EVENTS
+from service.state import LEASE_KEY, ExpiryWatcher
 from tests.servers import wait_for
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent / "service"
@@ -83,8 +86,6 @@ def mixed_traffic(url: str) -> dict:
 # -- declarations ---------------------------------------------------------------------------------------------------
 
 def _declared() -> dict:
-    from prometheus_client.metrics import MetricWrapperBase
-
     return {name: m for name, m in vars(metrics).items() if isinstance(m, MetricWrapperBase)}
 
 
@@ -114,19 +115,13 @@ def test_names_carry_units_and_labels_are_bounded():
     assert metrics.LATENCY_BUCKETS[0] <= 0.0001 and metrics.LATENCY_BUCKETS[-1] >= 30
 
 
-def test_metrics_stay_open_when_api_keys_are_set(make_settings):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(api_keys=("a-key",)))
-    try:
-        client = app.test_client()
-        assert client.post("/predict", json={"text": "the cat"}).status_code == 401
-        response = client.get("/metrics")
-        assert response.status_code == 200
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        assert "nextword_http_requests_total" in response.get_data(as_text=True)
-    finally:
-        app.extensions["nextword"].engine.close()
+def test_metrics_stay_open_when_api_keys_are_set(make_app):
+    client = make_app(api_keys=("a-key",)).test_client()
+    assert client.post("/predict", json={"text": "the cat"}).status_code == 401
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert "nextword_http_requests_total" in response.get_data(as_text=True)
 
 
 # -- several workers ------------------------------------------------------------------------------------------------
@@ -243,8 +238,6 @@ def test_a_restart_on_the_same_directory_starts_from_zero(service_factory):
 
 
 def _worker_pids(service) -> list[int]:
-    import subprocess
-
     out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-ax"], capture_output=True, text=True).stdout
     procs = [line.split(None, 2) for line in out.splitlines()]
     master = [int(p) for p, pp, args in procs if int(pp) == service.proc.pid and "gunicorn" in args]
@@ -281,11 +274,10 @@ class _Count:
 
 
 def _watcher(redis_url: str, counter: _Count, lease: float = 1.5):
-    from service.state import ExpiryWatcher
-
     return ExpiryWatcher.from_url(redis_url, lease_seconds=lease, on_expired=counter).start()
 
 
+@pytest.mark.slow
 def test_expirations_are_counted_once_by_the_lease_holder(session_store, redis_url):
     counts = [_Count(), _Count()]
     watchers = [_watcher(redis_url, c) for c in counts]
@@ -317,8 +309,6 @@ def test_expirations_are_counted_once_by_the_lease_holder(session_store, redis_u
 
 
 def test_a_holder_that_lost_its_lease_stops_counting_and_a_lapsed_lease_is_taken(session_store, redis_url):
-    from service.state import LEASE_KEY
-
     watcher = _watcher(redis_url, _Count())
     try:
         wait_for(lambda: watcher.counting, what="the watcher to hold the lease")
