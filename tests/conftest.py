@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-# ======================================================================================
-# training fixtures (tests/test_training_*.py): a tiny corpus, tiny trained checkpoints,
-# and a tiny exported bundle (usable by contract tests that serve a real model).
-# Session-scoped: every training run is cached and shared by all tests that ask for it.
-# ======================================================================================
-
 import contextlib
 import inspect
 import random
@@ -26,6 +20,12 @@ from tests.servers import ServiceProcess
 from training.export import export
 from training.model import ModelConfig
 from training.train import TrainConfig, train
+
+# ======================================================================================
+# training fixtures (tests/test_training_*.py): a tiny corpus, tiny trained checkpoints,
+# and a tiny exported bundle (usable by contract tests that serve a real model).
+# Session-scoped: every training run is cached and shared by all tests that ask for it.
+# ======================================================================================
 
 TRAINING_OOV_WORD = "zebra"  # appears in valid.txt and test.txt, never in train.txt -> <unk>
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from service.config import Settings
+from service.http.app import create_app
 from service.state import SessionStore
 
 SID = SessionStore.new_id()  # well-formed, never created
@@ -150,9 +151,6 @@ def assert_error(response, status: int, code: str, field: str | None) -> dict:
 @pytest.fixture(scope="module")
 def error_client(models_dir, redis_server):
     """One app for the whole table (rows never create sessions)."""
-    from service.config import Settings
-    from service.http.app import create_app
-
     app = create_app(Settings(models_dir=models_dir, redis_url=redis_server.url, default_model="tiny-lstm",
                               device="cpu", session_ttl_seconds=60, log_level="error"))
     yield app.test_client()
@@ -175,29 +173,19 @@ def test_message_names_the_field_and_limit(error_client):
     assert "513" in error["message"] and "512" in error["message"]
 
 
-def test_limits_follow_the_settings(make_settings):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(max_text_tokens=3, max_top_k=5, max_body_bytes=1024))
-    try:
-        client = app.test_client()
-        assert client.post("/predict", json={"text": "a b c", "top_k": 5}).status_code == 200
-        assert_error(client.post("/predict", json={"text": "a b c d"}), 400, "invalid_input", "text")
-        assert_error(client.post("/predict", json={"text": "a", "top_k": 6}), 400, "invalid_input", "top_k")
-        assert_error(client.post("/predict", json={"text": "a " * 600}), 413, "payload_too_large", None)
-    finally:
-        app.extensions["nextword"].engine.close()
+def test_limits_follow_the_settings(make_app):
+    client = make_app(max_text_tokens=3, max_top_k=5, max_body_bytes=1024).test_client()
+    assert client.post("/predict", json={"text": "a b c", "top_k": 5}).status_code == 200
+    assert_error(client.post("/predict", json={"text": "a b c d"}), 400, "invalid_input", "text")
+    assert_error(client.post("/predict", json={"text": "a", "top_k": 6}), 400, "invalid_input", "top_k")
+    assert_error(client.post("/predict", json={"text": "a " * 600}), 413, "payload_too_large", None)
 
 
 # -- auth ------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def keyed_client(make_settings):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(api_keys=("key-one", "key-two")))
-    yield app.test_client()
-    app.extensions["nextword"].engine.close()
+def keyed_client(make_app):
+    return make_app(api_keys=("key-one", "key-two")).test_client()
 
 
 @pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer wrong", "Basic a2V5LW9uZQ==", "key-one"])
@@ -226,24 +214,18 @@ def test_keys_open_the_api_and_own_sessions(keyed_client):
 
 # -- 429, 409 under races, and the 500 handler ------------------------------------------------------------------------------
 
-def test_too_many_streams_is_429(make_settings):
-    from service.http.app import create_app
-
-    app = create_app(make_settings(max_streams=1))
-    client = app.test_client()
-    try:
-        sid = client.post("/sessions").json["session_id"]
-        held = client.post(f"/sessions/{sid}/generate", json={"max_tokens": 3, "seed": 1},
-                           headers={"Accept": "text/event-stream"}, buffered=False)
-        assert held.status_code == 200  # started, not yet read: it holds the only slot
-        response = client.post(f"/sessions/{sid}/generate", json={"max_tokens": 3})
-        assert_error(response, 429, "overloaded", None)
-        assert int(response.headers["Retry-After"]) >= 1
-        held.get_data()  # drain: the slot is freed
-        held.close()
-        assert client.post(f"/sessions/{sid}/generate", json={"max_tokens": 3}).status_code == 200
-    finally:
-        app.extensions["nextword"].engine.close()
+def test_too_many_streams_is_429(make_app):
+    client = make_app(max_streams=1).test_client()
+    sid = client.post("/sessions").json["session_id"]
+    held = client.post(f"/sessions/{sid}/generate", json={"max_tokens": 3, "seed": 1},
+                       headers={"Accept": "text/event-stream"}, buffered=False)
+    assert held.status_code == 200  # started, not yet read: it holds the only slot
+    response = client.post(f"/sessions/{sid}/generate", json={"max_tokens": 3})
+    assert_error(response, 429, "overloaded", None)
+    assert int(response.headers["Retry-After"]) >= 1
+    held.get_data()  # drain: the slot is freed
+    held.close()
+    assert client.post(f"/sessions/{sid}/generate", json={"max_tokens": 3}).status_code == 200
 
 
 def test_lost_races_without_retries_are_409_and_never_lost_writes(make_app, monkeypatch):

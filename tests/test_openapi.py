@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from service.errors import ERROR_TYPES
+from service.http.openapi import spec
 
 SCHEMATHESIS_SEED = int(os.environ.get("NEXTWORD_SCHEMATHESIS_SEED", "20240601"))  # fixed: a CI run is repeatable
 SCHEMATHESIS_EXAMPLES = int(os.environ.get("NEXTWORD_SCHEMATHESIS_EXAMPLES", "15"))
@@ -38,8 +40,6 @@ def document(client) -> dict:
 
 
 def test_document_is_valid_openapi_31(document):
-    from openapi_spec_validator import OpenAPIV31SpecValidator, validate
-
     assert document["openapi"].startswith("3.1")
     validate(document, cls=OpenAPIV31SpecValidator)
 
@@ -112,8 +112,6 @@ def test_security_scheme_and_open_endpoints(document):
 
 
 def test_limits_are_the_running_services(make_settings):
-    from service.http.openapi import spec
-
     doc = spec(make_settings(max_top_k=7, max_generate_tokens=9, max_body_bytes=4096))
     schemas = doc["components"]["schemas"]
     assert schemas["PredictRequest"]["properties"]["top_k"]["maximum"] == 7
