@@ -134,8 +134,8 @@ _GROUPS = 64  # top_k first takes the maximum of each of V // 64 strided groups 
 def _top_ids_blocked(scores: np.ndarray, k: int) -> np.ndarray:
     """`_top_ids` for k much smaller than V, in about half its time: the k-th highest group maximum is at most the
     k-th highest value, so every word at or above that value lies in a group whose maximum reaches it; only those
-    groups' words (and the few after the last whole row of groups) are ranked, by value and then by id, so ties
-    still go to the lower id. The row check of `_check_rows` (NaN or +inf is an error) comes from the maxima."""
+    groups' words (and the few after the last whole row of groups), taken in id order, are ranked by `_top_ids`, so
+    ties still go to the lower id. The row check of `_check_rows` (NaN or +inf is an error) comes from the maxima."""
     columns = scores.size // _GROUPS
     whole = columns * _GROUPS
     maxima = scores[:whole].reshape(_GROUPS, columns).max(axis=0)  # group c: words c, c + columns, c + 2 columns...
@@ -145,10 +145,9 @@ def _top_ids_blocked(scores: np.ndarray, k: int) -> np.ndarray:
         raise ValueError("log_probs holds NaN or +inf")
     kth = np.partition(maxima, columns - k)[columns - k]
     groups = np.flatnonzero(maxima >= kth)
-    candidates = np.concatenate([(np.arange(0, whole, columns)[:, None] + groups).ravel(),
+    candidates = np.concatenate([(np.arange(0, whole, columns)[:, None] + groups).ravel(),  # ascending ids
                                  np.arange(whole, scores.size)])
-    values = scores[candidates] + np.float32(0)  # -0.0 ranks as 0.0, as in _rank_keys
-    return candidates[np.lexsort((candidates, -values))[:k]].astype(np.int64)
+    return candidates[_top_ids(scores[candidates], k)]
 
 
 # -- drawing --------------------------------------------------------------------------------------------------------
