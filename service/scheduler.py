@@ -127,8 +127,8 @@ class Scheduler:
         """Queues several (tokens, state or None, with_log_probs) steps at once: the scheduler takes them in one go, so
         those of equal length share a call (a caller's steps never straggle into separate calls)."""
         if self._queue.qsize() >= self.max_queue:
-            raise Overloaded(f"model {self.bundle.name} has {self.max_queue} steps queued; retry shortly",
-                             retry_after=1)
+            raise Overloaded(f"model {self.bundle.name} has {self.max_queue} submissions of steps queued; retry "
+                             "shortly", retry_after=1)
         made = [Step(np.ascontiguousarray(tokens, dtype=np.int64), self.runtime.zero_state() if state is None else state,
                      with_log_probs) for tokens, state, with_log_probs in steps]
         self._queue.put(made)
