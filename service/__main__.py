@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for stale in prom_dir.glob("*.db"):  # samples of a previous run must not be summed in; nothing else is touched
         stale.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir.resolve())
-    cmd = [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf",
+    cmd = [sys.executable, "-m", "gunicorn", "--config", "python:service.process.gunicorn_conf",
            "service.http.app:create_app()"]
     child = subprocess.Popen(cmd, env=env, pass_fds=(lock.fileno(),))
     pids["gunicorn"] = child.pid

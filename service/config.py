@@ -50,16 +50,16 @@ class Settings(BaseModel):
     redis_url: str = Field("", repr=False)  # "" = embedded redis-server with data in redis_dir; may hold a password
     redis_dir: Path = Path("var/redis")  # embedded Redis data: sessions survive a restart of `make serve`
     workers: int = Field(2, ge=1, le=64)  # gunicorn processes; each loads every bundle once
-    threads: int = Field(48, ge=1, le=1024)  # gthread threads per worker: open streams + requests in progress
+    connections: int = Field(4096, ge=16, le=100_000)  # open connections per worker (a greenlet each), idle ones included
     ort_threads: int = Field(1, ge=1, le=256)  # onnxruntime intra-op threads per model; workers x this <= cores
     session_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)  # idle sessions expire; every access slides the expiry
     max_text_tokens: int = Field(512, ge=1, le=100_000)  # tokens one request may feed
     max_body_bytes: int = Field(64 * 1024, ge=256, le=64 << 20)  # larger request bodies get 413 before they are parsed
     max_top_k: int = Field(1000, ge=1, le=1_000_000)  # largest top_k a client may ask for
     max_generate_tokens: int = Field(256, ge=1, le=100_000)  # ceiling on max_tokens of a generation (400 above it)
-    max_streams: int = Field(32, ge=1, le=100_000)  # generations per worker (each holds a thread); beyond: 429 at once
+    max_streams: int = Field(1024, ge=1, le=100_000)  # open generations per worker (~0.1 MB each); beyond: 429 at once
     max_batch_items: int = Field(256, ge=1, le=100_000)  # items in one POST /predict/batch; beyond: 400
-    batch_max_size: int = Field(64, ge=1, le=4096)  # rows per onnxruntime call; past ~64 throughput gains are small
+    batch_max_size: int = Field(256, ge=1, le=4096)  # rows per onnxruntime call; every open stream advances each tick in calls of at most this
     batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)  # how long every call waits for more rows (a queue delay)
     cas_retries: int = Field(64, ge=0, le=10_000)  # re-runs of a step whose session changed underneath it, before 409
     api_keys: tuple[str, ...] = Field((), repr=False)  # empty = open service (logged at startup)
@@ -70,6 +70,7 @@ class Settings(BaseModel):
     prometheus_dir: Path = Path("var/prometheus")  # PROMETHEUS_MULTIPROC_DIR when the launcher sets it
     cors_origins: tuple[str, ...] = ()  # none: only same-origin pages (the playground at /) may call the API from a browser
     request_read_timeout_s: float = Field(5.0, ge=0.1, le=3600.0)  # for a request's head, then for its body; else 408
+    send_timeout_s: float = Field(30.0, ge=0.1, le=3600.0)  # a client that takes no bytes this long is cut off (streams too)
     redis_maxmemory: str = Field("256mb", pattern=_SIZE)  # memory limit of the embedded Redis (redis.conf size); sessions idle longest go first
 
     def __init__(self, **values) -> None:
@@ -114,12 +115,12 @@ class Settings(BaseModel):
         return origins
 
     @model_validator(mode="after")
-    def _threads_left_for_requests(self) -> Settings:
-        reserved = max(2, self.threads // 4)  # threads streams may never take: /healthz, /predict, ... stay served
-        if self.max_streams > self.threads - reserved:
+    def _connections_left_for_requests(self) -> Settings:
+        reserved = max(8, self.connections // 8)  # connections streams may never take: /healthz, /predict stay served
+        if self.max_streams > self.connections - reserved:
             raise ValueError(f"NEXTWORD_MAX_STREAMS={self.max_streams} would leave fewer than {reserved} of "
-                             f"NEXTWORD_THREADS={self.threads} for other requests (health checks included): raise "
-                             "the threads or lower the streams")
+                             f"NEXTWORD_CONNECTIONS={self.connections} for other requests (health checks included): "
+                             "raise the connections or lower the streams")
         return self
 
     def describe(self) -> dict:

@@ -1,8 +1,13 @@
-"""The per-model scheduler: one thread that makes every onnxruntime call of one bundle. Knows nothing of HTTP,
+"""The per-model scheduler: one loop that batches every onnxruntime call of one bundle. Knows nothing of HTTP,
 Redis, words or sessions.
 
+The loop runs on a `threading.Thread`: a greenlet under gunicorn's gevent worker (which patches `threading`), a
+native thread elsewhere. Either way the model calls and the vectorised sampling run through `service.offload`, on a
+native thread that releases the GIL, so a call never stalls the event loop; queues, steps and stream events are
+touched only by the loop and its callers, on the loop's side of that hand-off.
+
 Two kinds of work arrive on one queue:
-- a `Step`: tokens (seq,) fed after a state (tensors, layers, hidden). The caller's thread waits for the call that
+- a `Step`: tokens (seq,) fed after a state (tensors, layers, hidden). The caller waits for the call that
   carries it. Steps of equal length run together, so one-token steps of different sessions always batch; a step
   that needs no distribution (the prefix of a prompt) lets onnxruntime skip the softmax head.
 - a `Stream`: the decode loop of one generation (continuous batching). It joins at the next tick and stays until
@@ -28,6 +33,7 @@ import numpy as np
 
 from service import metrics
 from service.errors import ModelUnavailable, Overloaded
+from service.offload import offloader
 from service.runtime import ModelRuntime
 from service.sampling import SamplingParams, make_rng, sample_rows
 
@@ -114,6 +120,7 @@ class Scheduler:
         self._streams: list[Stream] = []
         self._wait = metrics.BATCH_WAIT.labels(model=self.bundle.name)
         self._generated = metrics.TOKENS_GENERATED.labels(model=self.bundle.name)
+        self._native = offloader()  # model calls and sampling: on a native thread, off the event loop
         self._thread = threading.Thread(target=self._loop, name=f"scheduler-{self.bundle.name}", daemon=True)
         self._thread.start()
 
@@ -210,9 +217,8 @@ class Scheduler:
     def _run_group(self) -> None:
         group = self._take(len(self._pending[0].tokens), self.batch_max)
         try:
-            tokens = np.stack([s.tokens for s in group])  # (batch, seq)
-            states = np.stack([s.state for s in group], axis=2)  # (tensors, layers, batch, hidden)
-            log_probs, new = self.runtime.run(tokens, states, with_log_probs=any(s.with_log_probs for s in group))
+            log_probs, new = self._native(self._call, [s.tokens for s in group], [s.state for s in group],
+                                          any(s.with_log_probs for s in group))
         except Exception as e:  # never let one bad call kill the scheduler thread
             error = self._failure(e)
             for s in group:
@@ -234,7 +240,7 @@ class Scheduler:
         go on."""
         n = len(streams)
         try:
-            tokens, probs = self._sample(streams)
+            tokens, probs = self._native(self._sample, streams)
         except Exception as e:
             error = self._failure(e)
             for s in streams:
@@ -251,9 +257,8 @@ class Scheduler:
             s.events.put(("token", token, probability))
         self._generated.inc(n)
         try:
-            batch_tokens = np.concatenate([tokens, *[s.tokens for s in steps]])[:, None]  # (batch, 1)
-            states = np.stack([s.state for s in streams] + [s.state for s in steps], axis=2)
-            log_probs, new = self.runtime.run(batch_tokens, states)  # (batch, vocab), (tensors, layers, batch, hidden)
+            log_probs, new = self._native(self._call, [*tokens[:, None], *[s.tokens for s in steps]],
+                                          [s.state for s in streams] + [s.state for s in steps], True)
         except Exception as e:
             error = self._failure(e)
             for s in streams:
@@ -272,6 +277,13 @@ class Scheduler:
         for b, s in enumerate(steps, start=n):
             s.finish((log_probs[b], new[:, :, b]))
         return going
+
+    def _call(self, tokens: list[np.ndarray], states: list[np.ndarray], with_log_probs: bool):
+        """One onnxruntime call over rows of equal length (on the native thread): (log_probs (batch, vocab) or None,
+        new states (tensors, layers, batch, hidden))."""
+        return self.runtime.run(np.stack(tokens),  # (batch, seq)
+                                np.stack(states, axis=2),  # (tensors, layers, batch, hidden)
+                                with_log_probs=with_log_probs)
 
     def _sample(self, streams: list[Stream]) -> tuple[np.ndarray, np.ndarray]:
         """One token per stream: on the device where the last call left its rows (plain temperature sampling of

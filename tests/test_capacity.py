@@ -13,9 +13,9 @@ from tests.test_generate import PACE_MS, PROMPT
 
 
 def test_200_concurrent_generations_leave_health_checks_answered(service_factory):
-    # one worker, the default threads (48) and streams (32); every tick takes >= PACE_MS, so a 16-token
-    # generation holds its slot for about a second and the flood really overflows the limit
-    service = service_factory(workers=1, NEXTWORD_BATCH_WAIT_MS=str(PACE_MS))
+    # one worker with 32 streams; every tick takes >= PACE_MS, so a 16-token generation holds its slot for about a
+    # second and the flood really overflows the limit
+    service = service_factory(workers=1, NEXTWORD_BATCH_WAIT_MS=str(PACE_MS), NEXTWORD_MAX_STREAMS="32")
     sids = [requests.post(service.url + "/sessions", timeout=10).json()["session_id"] for _ in range(200)]
     polls: list[float] = []
     stop = threading.Event()

@@ -19,28 +19,29 @@ def test_defaults_from_an_empty_environment():
 def test_every_variable_is_read(tmp_path):
     env = {"NEXTWORD_BIND": "0.0.0.0:9000", "NEXTWORD_MODELS_DIR": str(tmp_path), "NEXTWORD_DEFAULT_MODEL": "m",
            "NEXTWORD_DEVICE": "CPU", "REDIS_URL": "redis://h:6379/1", "NEXTWORD_REDIS_DIR": "/r",
-           "NEXTWORD_WORKERS": "3", "NEXTWORD_THREADS": "40", "NEXTWORD_ORT_THREADS": "2",
+           "NEXTWORD_WORKERS": "3", "NEXTWORD_CONNECTIONS": "40", "NEXTWORD_ORT_THREADS": "2",
            "NEXTWORD_SESSION_TTL_SECONDS": "7", "NEXTWORD_MAX_TEXT_TOKENS": "9", "NEXTWORD_MAX_BODY_BYTES": "1000",
            "NEXTWORD_MAX_TOP_K": "11", "NEXTWORD_MAX_GENERATE_TOKENS": "12", "NEXTWORD_MAX_STREAMS": "13",
            "NEXTWORD_BATCH_MAX_SIZE": "14", "NEXTWORD_MAX_BATCH_ITEMS": "15", "NEXTWORD_BATCH_WAIT_MS": "0.5",
            "NEXTWORD_CAS_RETRIES": "0",
            "NEXTWORD_API_KEYS": " a, b ,", "NEXTWORD_LOG_LEVEL": "DEBUG", "NEXTWORD_LOG_TEXT": "yes",
            "NEXTWORD_GRACEFUL_TIMEOUT": "4", "PROMETHEUS_MULTIPROC_DIR": "/p", "NEXTWORD_API_KEYS_FILE": "",
-           "NEXTWORD_CORS_ORIGINS": "*", "NEXTWORD_REQUEST_READ_TIMEOUT_S": "2.5", "NEXTWORD_REDIS_MAXMEMORY": "1gb"}
+           "NEXTWORD_CORS_ORIGINS": "*", "NEXTWORD_REQUEST_READ_TIMEOUT_S": "2.5", "NEXTWORD_REDIS_MAXMEMORY": "1gb",
+           "NEXTWORD_SEND_TIMEOUT_S": "7.5"}
     assert set(env) == set(variables().values())
     s = Settings.from_env(env)
     assert (s.bind, s.models_dir, s.default_model, s.device, s.redis_url, s.redis_dir) == (
         "0.0.0.0:9000", tmp_path, "m", "cpu", "redis://h:6379/1", Path("/r"))
-    assert (s.workers, s.threads, s.ort_threads, s.session_ttl_seconds, s.max_text_tokens, s.max_body_bytes,
+    assert (s.workers, s.connections, s.ort_threads, s.session_ttl_seconds, s.max_text_tokens, s.max_body_bytes,
             s.max_top_k, s.max_generate_tokens, s.max_streams, s.batch_max_size, s.cas_retries,
             s.graceful_timeout) == (3, 40, 2, 7, 9, 1000, 11, 12, 13, 14, 0, 4)
     assert s.max_batch_items == 15 and s.batch_wait_ms == 0.5 and s.api_keys == ("a", "b") and s.log_level == "debug" and s.log_text
     assert s.prometheus_dir == Path("/p") and s.cors_origins == ("*",) and s.request_read_timeout_s == 2.5
-    assert s.redis_maxmemory == "1gb" and s.api_keys_file is None
+    assert s.redis_maxmemory == "1gb" and s.api_keys_file is None and s.send_timeout_s == 7.5
 
 
 @pytest.mark.parametrize("name, value", [
-    ("NEXTWORD_WORKERS", "two"), ("NEXTWORD_WORKERS", "0"), ("NEXTWORD_THREADS", "-1"),
+    ("NEXTWORD_WORKERS", "two"), ("NEXTWORD_WORKERS", "0"), ("NEXTWORD_CONNECTIONS", "-1"),
     ("NEXTWORD_MAX_BATCH_ITEMS", "many"), ("NEXTWORD_MAX_BATCH_ITEMS", "0"), ("NEXTWORD_BATCH_WAIT_MS", "soon"),
     ("NEXTWORD_BATCH_WAIT_MS", "5000"), ("NEXTWORD_BATCH_WAIT_MS", "nan"), ("NEXTWORD_DEVICE", "tpu"),
     ("NEXTWORD_LOG_LEVEL", "loud"), ("NEXTWORD_LOG_TEXT", "maybe"), ("NEXTWORD_MAX_BODY_BYTES", "1"),
@@ -95,12 +96,12 @@ def test_describe_hides_keys_and_redis_passwords():
     assert s.describe()["redis_url"] == "redis://user:***@redis:6379/0"
 
 
-def test_streams_cannot_take_the_threads_other_requests_need():
-    with pytest.raises(ConfigError, match="NEXTWORD_MAX_STREAMS=37.*12 of NEXTWORD_THREADS=48"):
-        Settings.from_env({"NEXTWORD_THREADS": "48", "NEXTWORD_MAX_STREAMS": "37"})
-    with pytest.raises(ConfigError, match="NEXTWORD_MAX_STREAMS=3 .* 2 of NEXTWORD_THREADS=4"):
-        Settings(threads=4, max_streams=3)
-    assert Settings.from_env({"NEXTWORD_THREADS": "48", "NEXTWORD_MAX_STREAMS": "36"}).max_streams == 36
+def test_streams_cannot_take_the_connections_other_requests_need():
+    with pytest.raises(ConfigError, match="NEXTWORD_MAX_STREAMS=3585.*512 of NEXTWORD_CONNECTIONS=4096"):
+        Settings.from_env({"NEXTWORD_CONNECTIONS": "4096", "NEXTWORD_MAX_STREAMS": "3585"})
+    with pytest.raises(ConfigError, match="NEXTWORD_MAX_STREAMS=9 .* 8 of NEXTWORD_CONNECTIONS=16"):
+        Settings(connections=16, max_streams=9)
+    assert Settings.from_env({"NEXTWORD_CONNECTIONS": "4096", "NEXTWORD_MAX_STREAMS": "3584"}).max_streams == 3584
 
 
 def test_help_names_every_variable_with_its_default_and_meaning():

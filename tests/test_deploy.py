@@ -612,10 +612,10 @@ def test_gpu_overlay_scales_on_active_streams_through_the_adapter(tmp_path):
     name = metric["pods"]["metric"]["name"]
     assert _exported_series()[name] == "gauge"
     assert hpa["spec"]["minReplicas"] >= 2 and "replicas" not in _gpu_deployment()["spec"]
-    # below the threads of one pod, so scale-out comes before streams take every thread
+    # below the streams one pod takes, so scale-out comes before streams are refused
     configmap = _one("ConfigMap", "nextword-config")["data"]
     assert float(metric["pods"]["target"]["averageValue"]) < int(configmap["NEXTWORD_WORKERS"]) * int(
-        configmap["NEXTWORD_THREADS"])
+        configmap["NEXTWORD_MAX_STREAMS"])
     (rule,) = yaml.safe_load((PROMETHEUS / "adapter-rules.yml").read_text())["rules"]["custom"]
     assert rule["name"]["as"] == name and name in rule["seriesQuery"]
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}

@@ -105,7 +105,7 @@ def test_no_session_is_half_written(service_factory, tmp_path):
     redis_server = RedisServer(tmp_path / "redis", persist=True)  # keeps its data across the restart
     redis_server.start()
     try:
-        service = service_factory(workers=2, redis=redis_server.url, NEXTWORD_THREADS="8", NEXTWORD_MAX_STREAMS="6")
+        service = service_factory(workers=2, redis=redis_server.url, NEXTWORD_MAX_STREAMS="6")
         http = requests.Session()
         sid = http.post(f"{service.url}/sessions").json()["session_id"]
         statuses: list[int] = []

@@ -1,7 +1,7 @@
 """Sessions over HTTP: lifecycle, continuation equals one-shot reading, concurrency, expiry, 409s.
 
 The Flask test client on a real Redis for most; the concurrency test runs the real service under
-gunicorn (2 workers x 8 threads), since racing requests on one session is the point there.
+gunicorn (2 workers), since racing requests on one session is the point there.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_session_model_is_kept_without_naming_it(client):
 def test_concurrent_predicts_on_one_session_all_count(service_factory):
     """20 racing /predict calls, each with one word, on one session of a 2-worker server: all 20 are
     consumed, and the state equals 20 sequential feeds (compared through one more word on both)."""
-    service = service_factory(workers=2, NEXTWORD_THREADS="8", NEXTWORD_MAX_STREAMS="6")
+    service = service_factory(workers=2, NEXTWORD_MAX_STREAMS="6")
     url = service.url
     http = requests.Session()
 

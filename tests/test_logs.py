@@ -183,7 +183,7 @@ def test_the_service_logs_json_startup_lines_without_secrets(service_factory, re
     admin.config_set("requirepass", password)
     try:
         url = restartable_redis.url.replace("redis://", f"redis://:{password}@")
-        service = service_factory(workers=2, redis=url, NEXTWORD_API_KEYS=key, NEXTWORD_THREADS="4",
+        service = service_factory(workers=2, redis=url, NEXTWORD_API_KEYS=key, NEXTWORD_CONNECTIONS="64",
                                   NEXTWORD_MAX_STREAMS="2")
         response = requests.post(service.url + "/predict", json={"text": "the cat"}, timeout=30,
                                  headers={"Authorization": f"Bearer {key}", "X-Request-ID": "from-client-1"})
@@ -193,7 +193,8 @@ def test_the_service_logs_json_startup_lines_without_secrets(service_factory, re
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         assert all(line.startswith("{") for line in text.splitlines() if line.strip()), "every line is JSON"
         (starting,) = [line for line in lines if line["msg"] == "service starting"]
-        assert starting["workers"] == 2 and starting["threads"] == 4 and starting["worker_class"] == "service.worker.BufferingWorker"
+        assert starting["workers"] == 2 and starting["connections"] == 64
+        assert starting["worker_class"] == "service.process.worker.GreenletWorker"
         assert starting["redis_url"].startswith("redis://:***@127.0.0.1:")
         assert starting["api_keys"] == "1 configured" and starting["device"] == "cpu"
         loaded = {(line["pid"], line["model"], line["provider"]) for line in lines if line["msg"] == "model loaded"}

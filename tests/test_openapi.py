@@ -133,7 +133,7 @@ def test_text_pattern_is_what_the_server_accepts(client, document, text):
 def test_schemathesis_finds_nothing(service_factory, tmp_path):
     """Every check of a bounded schemathesis run against the real service (with API keys on, so the
     auth checks mean something)."""
-    service = service_factory(workers=1, NEXTWORD_API_KEYS=API_KEY, NEXTWORD_THREADS="4", NEXTWORD_MAX_STREAMS="2")
+    service = service_factory(workers=1, NEXTWORD_API_KEYS=API_KEY, NEXTWORD_MAX_STREAMS="2")
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
     binary = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"

@@ -1,4 +1,4 @@
-"""The HTTP worker (service/worker.py) under slow, malformed and oversized requests, on the real service.
+"""The HTTP worker (service/process/worker.py) under slow, malformed and oversized requests, on the real service.
 
 Raw sockets on 127.0.0.1 only; every connection and loop is bounded in time and count.
 """
@@ -71,7 +71,7 @@ def _post(path: str, body: bytes, extra: str = "") -> bytes:
 
 @pytest.fixture
 def service(service_factory):
-    return service_factory(workers=1, NEXTWORD_THREADS="4", NEXTWORD_MAX_STREAMS="2",
+    return service_factory(workers=1, NEXTWORD_MAX_STREAMS="2",
                            NEXTWORD_REQUEST_READ_TIMEOUT_S="1", NEXTWORD_MAX_BODY_BYTES="4096")
 
 

@@ -14,11 +14,11 @@ _settings = Settings.from_env()
 bind = [_settings.bind]
 backlog = 2048
 
-# --- workers: gthread (one thread per in-flight request or stream; onnxruntime releases the GIL), with requests
-#     read in the event loop under a deadline (service/worker.py), so slow clients hold no thread
-worker_class = "service.worker.BufferingWorker"  # gthread that hands threads only complete requests
+# --- workers: gevent (a greenlet per connection, request and stream; model calls on native threads), requests read
+#     whole under deadlines before the app sees them (service/process/worker.py)
+worker_class = "service.process.worker.GreenletWorker"
 workers = _settings.workers
-threads = _settings.threads
+worker_connections = _settings.connections
 preload_app = False  # onnxruntime sessions and Redis pools must be built after the fork
 timeout = 120  # a worker silent this long is restarted; streams keep the worker's heartbeat alive
 graceful_timeout = _settings.graceful_timeout  # SIGTERM: in-flight requests and streams get this long
@@ -47,7 +47,7 @@ def when_ready(server):
     """Startup line from the master: what this service runs with (secrets redacted)."""
     described = _settings.describe()
     logs.log_event(logging.getLogger("nextword"), "service starting", bind=bind, workers=workers,
-                   threads=threads, worker_class=worker_class, models_dir=described["models_dir"],
+                   connections=worker_connections, worker_class=worker_class, models_dir=described["models_dir"],
                    device=described["device"], redis_url=described["redis_url"],
                    session_ttl_seconds=_settings.session_ttl_seconds, api_keys=described["api_keys"],
                    prometheus_dir=described["prometheus_dir"], log_text=_settings.log_text)
