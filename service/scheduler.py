@@ -14,7 +14,8 @@ Two kinds of work arrive on one queue:
   it ends. Each tick samples one token for every active stream in one vectorised call (`sample_rows`: each row
   under its own params and seeded generator), puts each token on its stream's queue at once, then feeds all of
   them to the model in one onnxruntime call, together with the queued one-token steps. A stream whose reader went
-  away (`Stream.cancel`) leaves at the next tick; one that reaches its limit, `<eos>` or a stop word leaves after
+  away (`Stream.cancel`) leaves at the next tick; one whose reader has fallen MAX_UNREAD tokens behind sits out ticks
+  until it catches up; one that reaches its limit, `<eos>` or a stop word leaves after
   the call that fed its last token, with its final state.
 Whatever arrives while a call runs joins the next one, so batches grow with load; a caller's steps arrive as one
 submission, so they share a call. `batch_wait` delays every call a moment for more rows, as Triton's queue delay
@@ -38,6 +39,9 @@ from service.runtime import ModelRuntime
 from service.sampling import SamplingParams, make_rng, sample_rows
 
 log = logging.getLogger(__name__)
+
+MAX_UNREAD = 32  # tokens a stream may run ahead of its reader before it waits for it
+READER_POLL_S = 0.01  # how soon a loop whose streams all wait for their readers looks again
 
 
 class Step:
@@ -91,6 +95,11 @@ class Stream:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.cancelled = False
         self._source: tuple[np.ndarray, int] | None = None  # (batch log_probs, row) when log_probs is a row of it
+
+    def ready(self) -> bool:
+        """Whether the stream may advance this tick: its reader has taken all but MAX_UNREAD of its tokens, so a reader
+        that stops reading holds a bounded number of events and no model time."""
+        return self.cancelled or self.events.qsize() < MAX_UNREAD
 
     def cancel(self) -> None:
         """The reader went away: leave at the next tick, nothing more is sent."""
@@ -157,7 +166,11 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
-            if not self._collect(block=not self._streams and not self._pending) or not self._linger():
+            if self._pending or any(s.ready() for s in self._streams):
+                wait = 0.0
+            else:  # idle, or every stream waits for its reader: sleep until work arrives (or look again soon)
+                wait = READER_POLL_S if self._streams else None
+            if not self._collect(wait) or not self._linger():
                 self._fail_all(ModelUnavailable(f"model {self.bundle.name} is shutting down", retry_after=1))
                 return
             if self._streams:
@@ -165,10 +178,11 @@ class Scheduler:
             if self._pending:  # steps the tick did not take: one group of equal length per turn
                 self._run_group()
 
-    def _collect(self, block: bool) -> bool:
-        """Moves everything queued into pending/streams; False once close() was called."""
+    def _collect(self, wait: float | None = 0.0) -> bool:
+        """Moves everything queued into pending/streams, waiting up to `wait` s for the first item (None: until one
+        comes); False once close() was called."""
         try:
-            item = self._queue.get() if block else self._queue.get_nowait()
+            item = self._queue.get_nowait() if wait == 0.0 else self._queue.get(timeout=wait)
             while True:
                 if not self._place(item):
                     return False
@@ -194,7 +208,7 @@ class Scheduler:
         while len(self._streams) + len(self._pending) < self.batch_max:
             left = deadline - time.perf_counter()
             if left <= 0:
-                return self._collect(block=False)
+                return self._collect()
             try:
                 item = self._queue.get(timeout=left)
             except queue.Empty:
@@ -228,8 +242,8 @@ class Scheduler:
             s.finish((None if log_probs is None or not s.with_log_probs else log_probs[b], new[:, :, b]))
 
     def _tick(self) -> None:
-        live = [s for s in self._streams if not s.cancelled]
-        self._streams = []
+        live = [s for s in self._streams if not s.cancelled and s.ready()]
+        self._streams = [s for s in self._streams if not s.cancelled and not s.ready()]  # held for their readers
         for start in range(0, len(live), self.batch_max):
             chunk = live[start:start + self.batch_max]
             steps = self._take(1, self.batch_max - len(chunk)) if start + self.batch_max >= len(live) else []
@@ -315,7 +329,7 @@ class Scheduler:
         return ModelUnavailable(f"model {self.bundle.name} failed to run: {type(error).__name__}", retry_after=1)
 
     def _fail_all(self, error: ModelUnavailable) -> None:
-        self._collect(block=False)
+        self._collect()
         for s in self._pending:
             s.finish(error=error)
         for stream in self._streams:

@@ -11,7 +11,7 @@ from service.bundle import load_bundle
 from service.errors import ModelUnavailable, Overloaded
 from service.runtime import ModelRuntime
 from service.sampling import SamplingParams
-from service.scheduler import Scheduler, Stream
+from service.scheduler import MAX_UNREAD, Scheduler, Stream
 
 
 class GatedRuntime(ModelRuntime):
@@ -134,6 +134,26 @@ def test_a_cancelled_stream_leaves_at_the_next_tick(models_dir):
         count = stream.events.qsize()
         deadline.wait(0.2)
         assert stream.events.qsize() == count < 10_000  # nothing more is produced for it
+    finally:
+        scheduler.close()
+
+
+def test_a_stream_waits_for_a_reader_that_fell_behind_and_the_others_go_on(models_dir):
+    runtime = ModelRuntime(load_bundle(models_dir / "tiny-lstm"), device="cpu")
+    scheduler = Scheduler(runtime)
+    try:
+        start_lp, _ = scheduler.step(np.array([2]))
+        stalled, reading = (Stream(runtime.zero_state(), start_lp, SamplingParams(seed=i), 10_000, frozenset(), eos=-1)
+                            for i in (1, 2))
+        scheduler.start(stalled)
+        scheduler.start(reading)
+        read = sum(reading.next_event(10)[0] == "token" for _ in range(3 * MAX_UNREAD))  # far past the stalled one
+        assert read == 3 * MAX_UNREAD
+        held = stalled.events.qsize()
+        assert held <= MAX_UNREAD + 1  # it sat out the ticks while nobody read it
+        for _ in range(held):
+            assert stalled.next_event(10)[0] == "token"
+        assert stalled.next_event(10)[0] == "token"  # read again: it advances again
     finally:
         scheduler.close()
 
