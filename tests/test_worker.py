@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -85,6 +86,9 @@ def service(service_factory):
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
     (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br, chunked\r\n\r\n", 501,
      "transfer_coding_not_implemented"),
+    (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501,
+     "transfer_coding_not_implemented"),  # RFC 9112 6.1: a coding it does not understand is 501, never ignored
+    (_post("/predict", b"\x1f\x8b\x08\x00", "Content-Encoding: gzip\r\n"), 415, "unsupported_media_type"),
     (b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\n{}", 417,
      "expectation_failed"),
     (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400,
@@ -139,6 +143,16 @@ def test_chunked_bodies_are_read_and_limited(service):
     assert status == 413 and _error(answer)["code"] == "payload_too_large"
 
 
+def test_a_chunk_declared_past_the_limit_is_413_at_once(service):
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with _connect(service) as sock:
+        started = time.monotonic()
+        sock.sendall(head + b"2000\r\n" + b" " * 100)  # 8 KiB announced against the 4 KiB limit; the rest never comes
+        status, _, answer = _response(sock, timeout=5)
+        assert status == 413 and _error(answer)["code"] == "payload_too_large"
+        assert time.monotonic() - started < 0.9  # before the 1 s read deadline, not at it
+
+
 def test_expect_100_continue(service):
     body = json.dumps({"text": "the cat"}).encode()
     with _connect(service) as sock:
@@ -169,6 +183,9 @@ def test_keepalive_and_pipelined_requests(service):
         sock.sendall(_post("/predict", body)[20:])
         third = _response(sock)
         assert third[0] == 200 and json.loads(third[2]) == json.loads(first[2])
+
+
+SLOW = 2048  # slow sockets: more than the 1 000 connections gunicorn lets a worker hold by default
 
 
 class _SlowClients:
@@ -233,16 +250,16 @@ class _SlowClients:
 
 
 def test_slow_clients_cannot_starve_the_service(service_factory):
-    """128 slow sockets (64 dripping a head, 64 a body) for 30 s against one worker (48 threads), each
-    reconnecting when it is cut off at its read deadline: another client's /healthz and session /predict keep
-    answering. The bound is generous (1 s); this checks that nothing starves, it measures no speed."""
+    """2 048 slow sockets (half dripping a head, half a body) for 20 s against one worker, each reconnecting when it
+    is cut off at its read deadline: another client's /healthz and session /predict keep answering. The bound is
+    generous (1 s); this checks that nothing starves, it measures no speed."""
     service = service_factory(workers=1, NEXTWORD_REQUEST_READ_TIMEOUT_S="5")
     http = requests.Session()
     sid = http.post(service.url + "/sessions", timeout=5).json()["session_id"]
     worst, probes = 0.0, 0
-    with _SlowClients(service.port, 128) as slow:
-        time.sleep(1)  # every slow socket is connected and has started its request
-        end = time.monotonic() + 30
+    with _SlowClients(service.port, SLOW) as slow:
+        time.sleep(2)  # every slow socket is connected and has started its request
+        end = time.monotonic() + 20
         while time.monotonic() < end:
             for method, path, body in (("GET", "/healthz", None),
                                        ("POST", "/predict", {"text": "the", "session_id": sid})):
@@ -254,6 +271,103 @@ def test_slow_clients_cannot_starve_the_service(service_factory):
             time.sleep(0.2)
     assert probes > 50
     assert worst < 1.0, f"slowest probe took {worst:.2f} s"
-    assert slow.answers.get(408, 0) >= 128  # every slow socket was cut off at its deadline, with a 408
+    assert slow.answers.get(408, 0) >= SLOW  # every slow socket was cut off at its deadline, with a 408
     assert set(slow.answers) == {408}
     assert http.get(f"{service.url}/sessions/{sid}", timeout=5).json()["tokens"] == probes // 2
+
+
+def _session(service) -> str:
+    return requests.post(service.url + "/sessions", timeout=10).json()["session_id"]
+
+
+def _sse_request(sid: str, body: dict) -> bytes:
+    payload = json.dumps(body).encode()
+    return _post(f"/sessions/{sid}/generate", payload, "Accept: text/event-stream\r\n")
+
+
+def test_a_connection_after_sigterm_is_refused_or_answered_at_once(service_factory):
+    service = service_factory(workers=1, NEXTWORD_BATCH_WAIT_MS="50", NEXTWORD_GRACEFUL_TIMEOUT="20",
+                              NEXTWORD_MAX_GENERATE_TOKENS="400")
+    with _connect(service) as streaming:  # a stream of ~400 x 50 ms keeps the worker in its graceful shutdown
+        streaming.sendall(_sse_request(_session(service), {"text": "the cat", "max_tokens": 400, "seed": 3}))
+        streaming.settimeout(10)
+        assert streaming.recv(65536).startswith(b"HTTP/1.1 200 ")
+        service.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        started = time.monotonic()
+        try:
+            with socket.create_connection(("127.0.0.1", service.port), timeout=5) as late:
+                late.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                status = _response(late, timeout=5)[0]
+        except ConnectionRefusedError:
+            status = None
+        assert time.monotonic() - started < 1.0
+        assert status in (None, 200)
+        received = b""
+        while chunk := streaming.recv(65536):  # the stream in flight still ends as it should
+            received += chunk
+    assert b"event: done" in received or b'"finish_reason"' in received
+    assert service.proc.wait(30) == 0
+
+
+def test_a_thousand_idle_keepalive_connections_cost_nobody_anything(service):
+    idle = []
+    try:
+        for _ in range(1000):
+            sock = _connect(service)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.append(sock)
+        assert all(_response(sock)[0] == 200 for sock in idle)  # each answered and kept alive
+        http = requests.Session()
+        for _ in range(10):
+            started = time.monotonic()
+            assert http.post(service.url + "/predict", json={"text": "the cat"}, timeout=5).status_code == 200
+            assert time.monotonic() - started < 1.0
+        for sock in idle[:50]:  # still open and served, within gunicorn's keep-alive (5 s)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _response(sock)[0] == 200
+        time.sleep(6)
+        for sock in idle:  # past the keep-alive, the server closed them
+            sock.settimeout(5)
+            assert sock.recv(100) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_others_keep_their_pace(service_factory):
+    """A client pipelines requests for big answers and reads none: once the socket buffers are full the server's send
+    blocks, and after NEXTWORD_SEND_TIMEOUT_S it gives the connection up (a stream's reader is cut off the same way;
+    the scheduler's side, a stream that waits for its reader, is in test_scheduler). A stream on the same worker keeps
+    its pace meanwhile."""
+    service = service_factory(workers=1, NEXTWORD_SEND_TIMEOUT_S="1", NEXTWORD_BATCH_WAIT_MS="20")
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, so the server's sends block
+    stalled.connect(("127.0.0.1", service.port))
+    try:
+        request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        stalled.sendall(request * 400)  # ~40 MB of answers, none read
+        with _connect(service) as other:
+            other.sendall(_sse_request(_session(service), {"text": "the cat", "max_tokens": 16, "seed": 2}))
+            other.settimeout(10)
+            received, gaps, last = b"", [], time.monotonic()
+            while b"event: done" not in received and b"event: error" not in received:
+                chunk = other.recv(65536)
+                assert chunk, received[-300:]
+                now = time.monotonic()
+                gaps.append(now - last)
+                received, last = received + chunk, now
+        assert max(gaps) < 0.5, gaps
+        time.sleep(3)  # the stalled send is past NEXTWORD_SEND_TIMEOUT_S: the server has given the connection up
+        stalled.settimeout(10)
+        answers, closed = 0, False
+        try:
+            while chunk := stalled.recv(1 << 20):  # what was in flight, then the server's close
+                answers += chunk.count(b"HTTP/1.1 200 ")
+            closed = True
+        except ConnectionResetError:  # closed with our unread requests still in its buffer: the kernel resets
+            closed = True
+        assert closed and 0 < answers < 400
+    finally:
+        stalled.close()
+    assert requests.get(service.url + "/healthz", timeout=5).status_code == 200
