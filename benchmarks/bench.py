@@ -294,6 +294,17 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def _rss_mb(pid: int) -> float:
+    """Resident memory of one process in MB (0 once it is gone), from /proc (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -369,6 +380,9 @@ def capacity(service: Service, streams: int = CAPACITY_STREAMS, tokens: int = 64
     sel = selectors.DefaultSelector()
     polls: list[float] = []
     stop = threading.Event()
+    processes = _descendants(service.proc.pid)  # the launcher's gunicorn and its workers
+    rest_mb = sum(map(_rss_mb, processes))
+    peak_mb = [rest_mb]
 
     def poll() -> None:
         with requests.Session() as http:
@@ -376,6 +390,7 @@ def capacity(service: Service, streams: int = CAPACITY_STREAMS, tokens: int = 64
                 began = time.perf_counter()
                 ok = http.get(service.url + "/healthz", timeout=30).status_code == 200
                 polls.append(time.perf_counter() - began if ok else float("inf"))
+                peak_mb[0] = max(peak_mb[0], sum(map(_rss_mb, processes)))
                 stop.wait(0.2)
 
     m0 = service.metrics()
@@ -432,11 +447,14 @@ def capacity(service: Service, streams: int = CAPACITY_STREAMS, tokens: int = 64
            "tokens_per_s": round(sum(len(st["tokens"]) for st in state.values()) / elapsed, 1),
            "mean_batch": _mean_batch(m0, m1), "healthz_max_ms": round(1000 * max(polls), 1) if polls else None,
            "healthz_polls": len(polls), "ttft_p50_ms": _percentile(ttft, 50), "ttft_p99_ms": _percentile(ttft, 99),
-           "inter_token_p50_ms": _percentile(itl, 50), "inter_token_p99_ms": _percentile(itl, 99)}
+           "inter_token_p50_ms": _percentile(itl, 50), "inter_token_p99_ms": _percentile(itl, 99),
+           "rss_rest_mb": round(rest_mb, 1), "rss_peak_mb": round(peak_mb[0], 1),
+           "kb_per_stream": round(1024 * (peak_mb[0] - rest_mb) / streams, 1)}
     print(f"capacity {streams} streams: statuses {statuses}, {out['completed']} completed in {out['seconds']} s, "
           f"{out['tokens_per_s']:.0f} tokens/s, mean batch {out['mean_batch']}, /healthz worst "
           f"{out['healthz_max_ms']} ms over {len(polls)} polls, TTFT p50 {out['ttft_p50_ms']} ms p99 "
-          f"{out['ttft_p99_ms']} ms, inter-token p50 {out['inter_token_p50_ms']} ms p99 {out['inter_token_p99_ms']} ms",
+          f"{out['ttft_p99_ms']} ms, inter-token p50 {out['inter_token_p50_ms']} ms p99 {out['inter_token_p99_ms']} ms, "
+          f"gunicorn RSS {out['rss_rest_mb']} -> {out['rss_peak_mb']} MB ({out['kb_per_stream']} KB a stream)",
           flush=True)
     return out
 
@@ -521,7 +539,8 @@ def report(results: dict) -> str:
               f"{c['streams']} streams at once: {c['tokens_per_s']:.0f} tokens/s, time to first token p50 "
               f"{c['ttft_p50_ms']} ms, p99 {c['ttft_p99_ms']} ms; inter-token time p50 {c['inter_token_p50_ms']} ms, "
               f"p99 {c['inter_token_p99_ms']} ms; /healthz worst {c['healthz_max_ms']} ms over {c['healthz_polls']} "
-              "polls", "",
+              f"polls; gunicorn's resident memory {c['rss_rest_mb']} MB at rest, {c['rss_peak_mb']} MB at the peak "
+              f"({c['kb_per_stream']} KB an open stream)", "",
               "| connections | service tokens/s | p50 ms | mean batch | floor requests/s | floor p50 ms |",
               "|---|---|---|---|---|---|"]
     for c in TYPING_CONNECTIONS:
