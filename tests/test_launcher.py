@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import ROOT, ServiceProcess, wait_for
+from tests.servers import ROOT, ServiceProcess, free_port, wait_for
 
 
 @pytest.mark.slow
@@ -44,6 +45,33 @@ def test_a_bad_setting_is_one_clear_line_and_exit_2():
                           env={"PATH": "/usr/bin:/bin", "NEXTWORD_WORKERS": "many"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["nextword: configuration error: NEXTWORD_WORKERS='many' is not an integer"]
+
+
+MISCONFIGURATIONS = [  # (what, environment, the setting the line must name, words of the advice)
+    ("a missing models folder", {"NEXTWORD_MODELS_DIR": "{tmp}/nonexistent"}, "NEXTWORD_MODELS_DIR", "no such folder"),
+    ("a folder with no bundle", {"NEXTWORD_MODELS_DIR": "{tmp}"}, "NEXTWORD_MODELS_DIR", "holds no bundle"),
+    ("an unknown default model", {"NEXTWORD_DEFAULT_MODEL": "no-such-model"}, "NEXTWORD_DEFAULT_MODEL",
+     "choose one of tiny-lstm, tiny-rnn"),
+    ("a URL that is not Redis's", {"REDIS_URL": "http://x"}, "REDIS_URL", "redis+sentinel://"),
+    ("an unreachable Redis", {"REDIS_URL": "redis://127.0.0.1:{port}/0"}, "REDIS_URL", "did not answer within"),
+]
+
+
+@pytest.mark.parametrize("what, env, setting, advice", MISCONFIGURATIONS, ids=[m[0] for m in MISCONFIGURATIONS])
+def test_a_misconfiguration_is_one_line_exit_2_and_nothing_listens(what, env, setting, advice, models_dir, tmp_path):
+    port = free_port()
+    values = {k: v.format(tmp=tmp_path, port=free_port()) for k, v in env.items()}
+    proc = _run_launcher({"NEXTWORD_MODELS_DIR": str(models_dir), "NEXTWORD_DEFAULT_MODEL": "tiny-lstm",
+                          "REDIS_URL": "", "NEXTWORD_BIND": f"127.0.0.1:{port}",
+                          "NEXTWORD_REDIS_DIR": str(tmp_path / "redis"),
+                          "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), **values})
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # no traceback, no gunicorn line
+    assert line.startswith(f"nextword: configuration error: {setting}") and advice in line, line
+    assert proc.stdout == ""
+    assert not (tmp_path / "redis").exists() and not (tmp_path / "prom").exists(), "nothing was started or touched"
+    with socket.socket() as s:  # the port was never taken: it is still free to bind
+        s.bind(("127.0.0.1", port))
 
 
 def _run_launcher(env: dict, *args: str) -> subprocess.CompletedProcess:

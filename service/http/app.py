@@ -15,7 +15,7 @@ import uuid
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import logs, metrics
+from service import logs, metrics, preflight
 from service.bundle import discover
 from service.config import ConfigError, Settings
 from service.engine import Engine
@@ -43,9 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     models = {b.name: Scheduler(ModelRuntime(b, settings.device, settings.ort_threads), settings.batch_max_size,
                                 settings.batch_wait_ms)
               for b in bundles}
-    default = settings.default_model or ("wikitext2-lstm" if "wikitext2-lstm" in models else bundles[0].name)
-    if default not in models:
-        raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(models)}")
+    default = preflight.default_model(settings.default_model, list(models))
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
     engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
 
