@@ -20,12 +20,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Stamp files re-run pip only when pyproject.toml changes.
-$(VENV)/.service: pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install -q -c constraints.txt -e .
+# Stamp files re-run pip only when a pyproject.toml changes. The client (clients/python: the `nextword`
+# command) is a distribution of its own, installed beside the service.
+CLIENT := clients/python
+$(VENV)/.service: pyproject.toml $(CLIENT)/pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e . -e $(CLIENT)
 	touch $@
-$(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install -q $(PIP_EXTRA) -c constraints.txt -e '.[test]'
+$(VENV)/.dev: pyproject.toml $(CLIENT)/pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q $(PIP_EXTRA) -c constraints.txt -e '.[test]' -e $(CLIENT)
 	touch $@ $(VENV)/.service
 
 install: $(VENV)/.service
