@@ -19,14 +19,14 @@ from service import logs, metrics, preflight
 from service.bundle import discover
 from service.config import ConfigError, Settings
 from service.engine import Engine
-from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound, PayloadTooLarge,
-                            ServiceError)
+from service.errors import (ERROR_TYPES, InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound,
+                            PayloadTooLarge, ServiceError)
 from service.http import auth, browser, openai, ops, predict, sessions
 from service.http.context import Services, services
 from service.http.responses import FastJSON, error_response
 from service.runtime import ModelRuntime
 from service.scheduler import Scheduler
-from service.state import SessionStore
+from service.state import OPERATIONS, SessionStore
 
 log = logging.getLogger("nextword")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                                 settings.batch_wait_ms)
               for b in bundles}
     default = preflight.default_model(settings.default_model, list(models))
+    metrics.start_at_zero(list(models), OPERATIONS, [kind.code for kind in ERROR_TYPES])
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
     engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
 
