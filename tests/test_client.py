@@ -137,7 +137,7 @@ def test_a_bad_generate_field_is_invalid_input_before_any_token(nw):
 
 
 def test_leaving_a_stream_early_commits_nothing_and_a_guarded_retry_is_exactly_once(nw, service, client):
-    """Breaking out of the loop drops the connection: the session is unchanged (README: "What a
+    """Breaking out of the loop drops the connection: the session is unchanged (docs/api.md: "What a
     generation commits"). Sent again with if_version, the same seed gives the same tokens, once."""
     seed, drained = long_seed(client, LONG)
     sid = nw.create_session()["session_id"]

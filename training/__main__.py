@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--part-mib", type=float, default=15.0, help="largest part, in MiB")
 
     m = sub.add_parser("summary", formatter_class=_Formatter,
-                       help="a Markdown table of bundles from their manifests (the README's Models table)")
+                       help="a Markdown table of bundles from their manifests (docs/training.md's Models table)")
     m.add_argument("bundles", nargs="+", help="bundle folders, e.g. models/*")
 
     from training import fetch, longrange, plots

@@ -45,7 +45,7 @@ class TransportError(NextwordError):
 class StreamInterrupted(NextwordError):
     """A generation stream ended before its `done` event (connection lost, server gone).
 
-    `tokens` are the tokens received before the cut. By the README's commit rule ("What a generation
+    `tokens` are the tokens received before the cut. By the commit rule (docs/api.md, "What a generation
     commits") a generation is atomic: a cut stream wrote nothing, unless the generation had already ended
     and committed in the instant before the cut. So send the same request again with `if_version` set to the
     session's version before it: the same seed gives the same tokens, and a generation that did commit
