@@ -59,7 +59,9 @@ def _parse_args(argv: list[str]) -> None:
         prog="python -m service", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve next-word prediction over HTTP (gunicorn) on every model bundle in NEXTWORD_MODELS_DIR.",
         epilog="settings (environment variables):\n" + settings_help()
-               + "\n\nWith REDIS_URL empty an embedded Redis is started, and restarted if it dies.")
+               + "\n\nWith REDIS_URL empty an embedded Redis is started, and restarted if it dies. A bad setting stops "
+               "the start with one line (exit status 2) before anything listens. SIGHUP reloads the models "
+               "(docs/operations.md, \"Reloading models\").")
     parser.parse_args(argv)
 
 
