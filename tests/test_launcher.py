@@ -56,11 +56,13 @@ MISCONFIGURATIONS = [  # (what, environment, the setting the line must name, wor
     ("an unknown default model", {"NEXTWORD_DEFAULT_MODEL": "no-such-model"}, "NEXTWORD_DEFAULT_MODEL",
      "choose one of tiny-lstm, tiny-rnn"),
     ("a URL that is not Redis's", {"REDIS_URL": "http://x"}, "REDIS_URL", "redis+sentinel://"),
-    ("an unreachable Redis", {"REDIS_URL": "redis://127.0.0.1:{port}/0"}, "REDIS_URL", "did not answer within"),
+    pytest.param("an unreachable Redis", {"REDIS_URL": "redis://127.0.0.1:{port}/0"}, "REDIS_URL",
+                 "did not answer within", marks=pytest.mark.slow, id="an unreachable Redis"),  # waits 5 s for it
 ]
 
 
-@pytest.mark.parametrize("what, env, setting, advice", MISCONFIGURATIONS, ids=[m[0] for m in MISCONFIGURATIONS])
+@pytest.mark.parametrize("what, env, setting, advice", MISCONFIGURATIONS,
+                         ids=[m[0] if isinstance(m, tuple) else m.id for m in MISCONFIGURATIONS])
 def test_a_misconfiguration_is_one_line_exit_2_and_nothing_listens(what, env, setting, advice, models_dir, tmp_path):
     port = free_port()
     values = {k: v.format(tmp=tmp_path, port=free_port()) for k, v in env.items()}
