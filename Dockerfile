@@ -20,7 +20,7 @@
 #
 # PYTHON_IMAGE is any Debian-based image with Python 3.11 as `python3` and the `venv` module, e.g.
 # the official slim image (default) or a `debootstrap` bookworm root imported with `docker import`
-# (see the README, "Container image"). Both stages use it, so the venv's interpreter path holds.
+# (see docs/operations.md, "Container image"). Both stages use it, so the venv's interpreter path holds.
 #
 # The service is copied, not pip-installed: the package metadata names onnxruntime-gpu on Linux
 # x86-64 (pyproject.toml), which the CPU image deliberately replaces; `pip check` then vouches for

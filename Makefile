@@ -2,7 +2,14 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DATA   ?= ../shared/data/wikitext-2
+# WikiText-2 for `make train`: `make data` downloads it here (checked against its sha256) unless DATA names a
+# folder that already holds train.txt, valid.txt and test.txt.
+DATA   ?= data/wikitext-2
+DATA_URL ?=
+# `make train` trains on CPU (training/cpu_recipe.sh, bundles in TRAINED); DEVICE=cuda runs the GPU recipe that
+# made the shipped models/ (training/gpu_recipe.sh, needs a CUDA GPU).
+DEVICE  ?= cpu
+TRAINED ?= runs/models
 # CPU-only PyTorch. On a plain Linux x86-64 machine the public index's torch==2.13.0 is the CUDA build
 # (several GB of NVIDIA wheels); PyTorch's CPU index has 2.13.0+cpu, which the torch==2.13.0 pin
 # accepts: `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` (on a fresh .venv).
@@ -14,18 +21,20 @@ IMAGE      ?= nextword
 BASE_IMAGE ?= python:3.11.15-slim-bookworm
 DOCKER_BUILD := docker build --build-arg PYTHON_IMAGE=$(BASE_IMAGE)
 
-.PHONY: bench install install-dev serve test test-fast soak train train-smoke image image-cpu image-gpu image-smoke monitoring clean
+.PHONY: bench install install-dev serve test test-fast soak data train train-smoke image image-cpu image-gpu image-smoke monitoring clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Stamp files re-run pip only when pyproject.toml changes.
-$(VENV)/.service: pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install -q -c constraints.txt -e .
+# Stamp files re-run pip only when a pyproject.toml changes. The client (clients/python: the `nextword`
+# command) is a distribution of its own, installed beside the service.
+CLIENT := clients/python
+$(VENV)/.service: pyproject.toml $(CLIENT)/pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e . -e $(CLIENT)
 	touch $@
-$(VENV)/.dev: pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install -q $(PIP_EXTRA) -c constraints.txt -e '.[test]'
+$(VENV)/.dev: pyproject.toml $(CLIENT)/pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q $(PIP_EXTRA) -c constraints.txt -e '.[test]' -e $(CLIENT)
 	touch $@ $(VENV)/.service
 
 install: $(VENV)/.service
@@ -47,15 +56,30 @@ SOAK_ARGS ?= --duration 180 --clients 8
 soak: install-dev
 	$(PY) tools/soak.py $(SOAK_ARGS)
 
-# Reproduces the shipped bundles from the WikiText-2 corpus in $(DATA): training/gpu_recipe.sh trains both
-# models at once on one CUDA GPU (~5 min on an H200; PYTHON=$(PY) uses this venv's torch), then
-# training/after_gpu.sh exports them here on CPU and measures them through onnxruntime.
-# `make train-smoke` runs the same commands on CPU for two steps per epoch (a check of the path, not a model).
-train: install-dev
+# WikiText-2 into $(DATA), each file checked against its sha256 (python -m training data; no torch needed).
+# `make train` fetches it only when $(DATA) has no train.txt, so DATA=any/corpus/folder trains on that as it is.
+FETCH = $(PY) -m training data --out $(DATA) $(if $(DATA_URL),--base-url $(DATA_URL))
+data: install
+	$(FETCH)
+$(DATA)/train.txt: | install
+	$(FETCH)
+
+# CPU (default): training/cpu_recipe.sh trains an LSTM and a tanh RNN with the recipes' 25-minute budgets, both at
+# once, and exports them into $(TRAINED) (serve them: NEXTWORD_MODELS_DIR=$(TRAINED) make serve).
+# DEVICE=cuda: reproduces the shipped bundles in models/: training/gpu_recipe.sh trains both at once on one CUDA GPU
+# (~5 min on an H200), then training/after_gpu.sh exports them here on CPU and measures them through onnxruntime.
+# `make train-smoke` runs the GPU recipe's commands on CPU for two steps per epoch (a check of the path, not a model).
+train: install-dev $(DATA)/train.txt
+ifeq ($(DEVICE),cuda)
 	PYTHON=$(PY) RUNS=runs training/gpu_recipe.sh $(DATA) runs/gpu
 	PYTHON=$(PY) training/after_gpu.sh runs/gpu $(DATA)
+else ifeq ($(DEVICE),cpu)
+	PYTHON=$(PY) training/cpu_recipe.sh $(DATA) runs/cpu $(TRAINED)
+else
+	$(error DEVICE=$(DEVICE): use DEVICE=cpu (the default) or DEVICE=cuda)
+endif
 
-train-smoke: install-dev
+train-smoke: install-dev $(DATA)/train.txt
 	PYTHON=$(PY) RUNS=runs/smoke training/gpu_recipe.sh $(DATA) runs/smoke/out --smoke
 	PYTHON=$(PY) training/after_gpu.sh runs/smoke/out $(DATA) runs/smoke/models
 

@@ -59,6 +59,19 @@ MODEL_INFO = Gauge("nextword_model_info", "Loaded models (value 1), with version
                    ["model", "version", "architecture", "provider"], multiprocess_mode="max")
 
 
+def start_at_zero(models: list[str], redis_operations: tuple[str, ...], error_codes: list[str]) -> None:
+    """Creates, at 0, every counter series whose labels are known at start (each model, each Redis operation, each
+    error code), so the first scrape already has them and a dashboard or an alert on `rate()` or `increase()` reads 0,
+    not "no data". Only the request counter waits for its first request: its status label is not known before."""
+    for model in models:
+        for counter in (TOKENS_READ, TOKENS_GENERATED, SESSIONS_CREATED, SESSIONS_DELETED, SESSION_CONFLICTS):
+            counter.labels(model=model)
+    for operation in redis_operations:
+        REDIS_ERRORS.labels(operation=operation)
+    for code in error_codes:
+        ERRORS.labels(code=code)
+
+
 # Every name here is a classic Prometheus name, so the text format 0.0.4 carries it unchanged, and every
 # Prometheus (and promtool) reads it; prometheus_client's CONTENT_TYPE_LATEST would announce 1.0.0.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

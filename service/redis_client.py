@@ -36,6 +36,7 @@ SOCKET_TIMEOUT_S = 2.0  # a healthy Redis answers in well under a millisecond; 2
 HEALTH_CHECK_INTERVAL_S = 30  # PING a pooled connection that sat idle this long before reusing it
 SENTINEL_SCHEME = "redis+sentinel"
 CLUSTER_SCHEME = "redis+cluster"
+SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, CLUSTER_SCHEME)  # what connect() builds a client for
 
 
 class ReplicatedRedis(redis.Redis):
@@ -101,7 +102,7 @@ def connect(url: str, decode_responses: bool = False, client_name: str = "nextwo
                   health_check_interval=HEALTH_CHECK_INTERVAL_S, retry=Retry(NoBackoff(), 0),
                   decode_responses=decode_responses, client_name=client_name)
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep or scheme not in SCHEMES:
         raise ValueError("a Redis URL starts with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://")
     if scheme not in (SENTINEL_SCHEME, CLUSTER_SCHEME):
         return redis.Redis.from_url(url, **common)

@@ -118,6 +118,7 @@ return f
 """
 
 SCRIPTS = {"create": CREATE_SCRIPT, "get": GET_SCRIPT, "cas": CAS_SCRIPT, "delete": DELETE_SCRIPT}
+OPERATIONS = (*SCRIPTS, "ping", "lease", "expiry_watch")  # the `operation` label of the Redis metrics
 
 
 def session_key(session_id: str) -> str:

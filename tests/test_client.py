@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -18,9 +20,13 @@ import requests
 import nextword_client
 from nextword_client import (APIError, Client, InvalidInput, PreconditionFailed, SessionNotFound, StreamInterrupted, Token,
                              TransportError, Unauthorized, UnknownModel)
+from nextword_client.errors import CODES
 from service.errors import ERROR_TYPES
-from tests.servers import free_port
+from tests.servers import ROOT, free_port
 from tests.test_generate import LONG, PACE_MS, PROMPT, long_seed
+
+
+CLIENT_DIR = ROOT / "clients" / "python"
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +53,24 @@ def test_predict_returns_what_the_api_returns(nw, service):
     assert answer == raw(service, "/predict", {"text": "a dog", "model": "tiny-rnn", "top_k": 2})
 
 
-def test_every_error_code_of_the_service_has_its_class():
+def test_the_clients_own_error_table_is_the_services():
+    """The client carries its own copy of the codes (it imports nothing of the service); this keeps them equal."""
+    service_table = {(kind.__name__, kind.code, kind.status) for kind in ERROR_TYPES}
+    client_table = {(name, code, status) for name, code, status, _ in CODES}
+    assert client_table == service_table, (f"add to clients/python/nextword_client/errors.py: "
+                                           f"{sorted(service_table - client_table)}; remove: {sorted(client_table - service_table)}")
     for kind in ERROR_TYPES:
         cls = getattr(nextword_client, kind.__name__)
         assert issubclass(cls, APIError) and (cls.code, cls.status) == (kind.code, kind.status)
+
+
+def test_the_client_imports_nothing_of_the_service():
+    code = ("import sys, nextword_client, nextword_client.cli; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'flask', 'redis', 'onnxruntime')); "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=CLIENT_DIR, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(CLIENT_DIR)})
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("call, cls, status, field", [
@@ -117,7 +137,7 @@ def test_a_bad_generate_field_is_invalid_input_before_any_token(nw):
 
 
 def test_leaving_a_stream_early_commits_nothing_and_a_guarded_retry_is_exactly_once(nw, service, client):
-    """Breaking out of the loop drops the connection: the session is unchanged (README: "What a
+    """Breaking out of the loop drops the connection: the session is unchanged (docs/api.md: "What a
     generation commits"). Sent again with if_version, the same seed gives the same tokens, once."""
     seed, drained = long_seed(client, LONG)
     sid = nw.create_session()["session_id"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import free_port
+from tests.servers import ROOT, free_port
 from tests.test_generate import LONG, PACE_MS, PROMPT, long_seed
 
 NEXTWORD = Path(sys.executable).parent / "nextword"  # the console script `pip install` put beside python
+# The script imports nextword_client wherever the venv installed it from; this checkout's comes first.
+CHECKOUT = {"PYTHONPATH": str(ROOT / "clients" / "python")}
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +32,12 @@ def nextword(*args: str, url: str | None = None, **env: str) -> subprocess.Compl
     environ = {k: v for k, v in os.environ.items() if k not in ("NEXTWORD_URL", "NEXTWORD_API_KEY")}
     if url:
         environ["NEXTWORD_URL"] = url
-    return subprocess.run([str(NEXTWORD), *args], capture_output=True, text=True, timeout=60, env={**environ, **env})
+    return subprocess.run([str(NEXTWORD), *args], capture_output=True, text=True, timeout=60,
+                          env={**environ, **CHECKOUT, **env})
 
 
 def test_the_console_script_is_installed():
-    assert NEXTWORD.exists(), "run `make install-dev`: pyproject's [project.scripts] installs `nextword`"
+    assert NEXTWORD.exists(), "run `make install-dev`: clients/python's [project.scripts] installs `nextword`"
     out = nextword("--help")
     assert out.returncode == 0 and "predict" in out.stdout and "sessions" in out.stdout
 
@@ -84,7 +88,7 @@ def test_generate_prints_tokens_as_they_arrive(service, client):
     sid = nextword("sessions", "create", url=service.url).stdout.strip()
     proc = subprocess.Popen([str(NEXTWORD), "--url", service.url, "generate", "--session", sid, PROMPT,
                              "--max-tokens", str(LONG), "--seed", str(seed)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, bufsize=0)  # unbuffered: read(1) takes one byte
+                            stderr=subprocess.PIPE, bufsize=0, env={**os.environ, **CHECKOUT})  # read(1): one byte
     try:
         first = proc.stdout.read(1)  # blocks until the first word is printed
         # the paced service needs (LONG - 1) more model steps: the program is still streaming
@@ -128,3 +132,23 @@ def test_errors_are_one_line_with_an_exit_status(service, args, status, message)
 def test_an_unreachable_service_exits_3():
     out = nextword("--timeout", "5", "predict", "the cat", url=f"http://127.0.0.1:{free_port()}")
     assert out.returncode == 3 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+
+
+def test_help_says_each_default_once():
+    for args in (("--help",), ("predict", "--help"), ("generate", "--help"), ("sessions", "create", "--help")):
+        out = nextword(*args)
+        assert out.returncode == 0, out.stderr
+        options = re.split(r"\n  (?=-)", out.stdout)  # one chunk per option, its help lines included
+        assert len(options) > 2
+        for option in options[1:]:
+            assert option.count("(default") <= 1, option
+        assert "(default: None)" not in out.stdout and "(default: False)" not in out.stdout
+
+
+def test_a_reader_that_goes_away_is_no_traceback(service):
+    """`nextword models | head -c 1`: the pipe closes before the answer is written."""
+    proc = subprocess.Popen([str(NEXTWORD), "--url", service.url, "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **CHECKOUT})
+    proc.stdout.close()  # long before the program has imported httpx and asked the service
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 141 and err == "", err

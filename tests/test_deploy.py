@@ -588,6 +588,27 @@ def test_service_monitor_scrapes_each_pod_of_the_service():
     assert generator["files"] == [DASHBOARD.name] and generator["options"]["labels"]["grafana_dashboard"] == "1"
 
 
+def test_compose_grafana_shows_the_shipped_dashboard_on_the_compose_prometheus():
+    """docker-compose.yml's Grafana: its provisioning points the datasource at the compose Prometheus and loads the
+    dashboard file from where the compose file mounts the shipped one (no image can be pulled here to try it)."""
+    compose = _compose()
+    grafana = compose["services"]["grafana"]
+    mounts = dict(volume.split(":")[:2] for volume in grafana["volumes"] if volume.startswith("./"))
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboard_at = mounts["./" + str(DASHBOARD.relative_to(ROOT))]
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"]
+    host, port = urlsplit(source["url"]).netloc.split(":")
+    assert host in compose["services"] and "prometheus" in compose["services"][host]["image"]
+    assert f"{port}:{port}" in compose["services"][host]["ports"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "nextword.yml").read_text())["providers"]
+    assert provider["type"] == "file" and Path(dashboard_at).parent == Path(provider["options"]["path"])
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == dashboard_at
+    variable = json.loads(DASHBOARD.read_text())["templating"]["list"][0]
+    assert (variable["type"], variable["query"]) == ("datasource", source["type"]), "the dashboard finds the source"
+
+
 def test_alerts_select_the_job_both_scrape_setups_produce():
     """alerts.yml and the dashboard select job="nextword": the ServiceMonitor's job is the Service's
     name; the annotation-based job relabels `job` from the app label; compose names its job so."""

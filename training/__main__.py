@@ -1,5 +1,5 @@
-"""Command line: `python -m training {train,export,evaluate,compact,summary,longrange,plot-context}`. Errors end in
-one line and exit 2.
+"""Command line: `python -m training {data,train,export,evaluate,compact,summary,longrange,plot-context}`. Errors end
+in one line and exit 2, a missing library (torch without the `train` extra) included.
 
 The `train` options are derived from the fields of ModelConfig and TrainConfig (their defaults,
 choices and help live there); an architecture's recipe (training.config.RECIPES) fills what the command
@@ -100,14 +100,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--part-mib", type=float, default=15.0, help="largest part, in MiB")
 
     m = sub.add_parser("summary", formatter_class=_Formatter,
-                       help="a Markdown table of bundles from their manifests (the README's Models table)")
+                       help="a Markdown table of bundles from their manifests (docs/training.md's Models table)")
     m.add_argument("bundles", nargs="+", help="bundle folders, e.g. models/*")
 
-    from training import longrange, plots
+    from training import fetch, longrange, plots
 
-    longrange.add_parser(sub)  # each sets `run`: args -> result dict
+    fetch.add_parser(sub)  # each sets `run`: args -> result dict
+    longrange.add_parser(sub)
     plots.add_parser(sub)
     return p
+
+
+# What a missing module means: the extra (pyproject.toml) that installs it.
+_EXTRA_HINT = ("install the training extra into this Python: `pip install -c constraints.txt -e '.[train]'` (add "
+               "`--extra-index-url https://download.pytorch.org/whl/cpu` for the CPU-only torch), or run `make "
+               "install-dev` (docs/training.md, \"Install\")")
+
+
+def _missing(error: ModuleNotFoundError, argv: list[str]) -> int:
+    command = next((a for a in argv if not a.startswith("-")), "")
+    print(f"error: `python -m training {command}` needs the Python module {error.name!r}, which is not installed; "
+          f"{_EXTRA_HINT}", file=sys.stderr)
+    return 2
 
 
 def _configs(args: argparse.Namespace, argv: list[str]):
@@ -139,6 +153,13 @@ def _configs(args: argparse.Namespace, argv: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as e:  # torch, tqdm, matplotlib or onnx: the `train` extra is not installed
+        return _missing(e, argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad option (already reported in one line)

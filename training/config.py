@@ -107,7 +107,7 @@ class TrainConfig:
 
 
 # What `python -m training train --architecture A` uses where the command line is silent. Chosen for a
-# corpus of about 1 M tokens and 10 k words trained for 30 minutes on 2 CPU cores (the README shows
+# corpus of about 1 M tokens and 10 k words trained for 30 minutes on 2 CPU cores (docs/training.md shows
 # the runs behind them); the wall-clock budget ends the cosine schedule at its floor.
 _RNN = dict(embedding_size=256, hidden_size=256, tied=True, dropout=0.25, dropout_input=0.15, dropout_hidden=0.1,
             dropout_embedding=0.05, weight_drop=0.1,  # a tanh/relu cell has less capacity to regularise away

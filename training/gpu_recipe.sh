@@ -35,7 +35,10 @@ if [[ "$MODE" == "--smoke" ]]; then
 else
   RUN=(--device cuda --threads 4 --budget-minutes "$BUDGET_MINUTES")
   # Fail in seconds, not minutes, when the machine is not what the recipe needs.
-  "$PYTHON" -c "import torch, numpy, tqdm; assert torch.cuda.is_available(), 'no CUDA device'; \
+  "$PYTHON" -c "import sys, torch, numpy, tqdm
+if not torch.cuda.is_available():
+    sys.exit('error: the GPU recipe needs a CUDA GPU, and torch ' + torch.__version__ + ' sees none; '
+             'run \`make train\` for the CPU recipe instead')
 print('torch', torch.__version__, 'on', torch.cuda.get_device_name(0))"
   [[ -f "$DATA/train.txt" && -f "$DATA/valid.txt" && -f "$DATA/test.txt" ]] || { echo "no corpus in $DATA" >&2; exit 2; }
 fi

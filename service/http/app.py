@@ -15,18 +15,18 @@ import uuid
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import logs, metrics
+from service import logs, metrics, preflight
 from service.bundle import discover
 from service.config import ConfigError, Settings
 from service.engine import Engine
-from service.errors import (InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound, PayloadTooLarge,
-                            ServiceError)
+from service.errors import (ERROR_TYPES, InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound,
+                            PayloadTooLarge, ServiceError)
 from service.http import auth, browser, openai, ops, predict, sessions
 from service.http.context import Services, services
 from service.http.responses import FastJSON, error_response
 from service.runtime import ModelRuntime
 from service.scheduler import Scheduler
-from service.state import SessionStore
+from service.state import OPERATIONS, SessionStore
 
 log = logging.getLogger("nextword")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -43,9 +43,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     models = {b.name: Scheduler(ModelRuntime(b, settings.device, settings.ort_threads), settings.batch_max_size,
                                 settings.batch_wait_ms)
               for b in bundles}
-    default = settings.default_model or ("wikitext2-lstm" if "wikitext2-lstm" in models else bundles[0].name)
-    if default not in models:
-        raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(models)}")
+    default = preflight.default_model(settings.default_model, list(models))
+    metrics.start_at_zero(list(models), OPERATIONS, [kind.code for kind in ERROR_TYPES])
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
     engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
 

@@ -4,7 +4,7 @@ and OpenAI's wire shapes, not Redis or onnxruntime.
 
 Each request is one generation. Without the non-standard `session_id` it runs on a temporary session, created
 for it and deleted after it (the endpoint stays stateless); with it, the prompt and the generated words are
-committed to that session by the engine's rule (README, "What a generation commits"). The model predicts words,
+committed to that session by the engine's rule (docs/api.md, "What a generation commits"). The model predicts words,
 so a "token" here is a word of the model's vocabulary; `text` joins them the way the model's text convention
 writes them (a leading space where one belongs). A stop word or `<eos>` that ends a generation is left out of
 `text` and `logprobs` and counted in `usage.completion_tokens` (the session consumed it).

@@ -1,6 +1,6 @@
 // The nextword playground: live next-word bars while typing, click to accept a word, a streamed
 // continuation, and each word coloured by how surprising the model found it. Talks to the service's
-// public HTTP API only (the same calls as README "The API by example"); no framework, no build step.
+// public HTTP API only (the same calls as docs/api.md); no framework, no build step.
 //
 // Typing stays responsive at one key every 100 ms: requests are debounced, a stateless request made
 // stale by a newer keystroke is aborted, and every answer carries the number of the request it

@@ -1,5 +1,5 @@
-"""The Python client of the nextword HTTP API (README "The API by example"): predict, batches,
-sessions and streamed generation over Server-Sent Events. Knows HTTP and the API's JSON, not the
+"""The Python client of the nextword HTTP API (docs/api.md): predict, batches, sessions and streamed
+generation over Server-Sent Events. Knows HTTP (httpx, its one dependency) and the API's JSON, not the
 service's internals.
 
     from nextword_client import Client
@@ -13,12 +13,12 @@ service's internals.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from nextword_client.errors import APIError, StreamInterrupted, TransportError, api_error
 
@@ -27,7 +27,7 @@ DEFAULT_TIMEOUT = 30.0  # seconds to connect, and between two chunks of an answe
 SSE = "text/event-stream"
 
 try:
-    _VERSION = version("nextword")
+    _VERSION = version("nextword-client")
 except PackageNotFoundError:  # running from a source tree that was never installed
     _VERSION = "0"
 
@@ -52,7 +52,7 @@ class Generation:
     The request is sent when iteration starts. An `event: error` raises its typed `APIError`; a
     stream that ends without `done` raises `StreamInterrupted`. Breaking out of the loop (or
     `close()`) drops the connection, which the service treats as a disconnect: nothing of the generation
-    is kept (README: "What a generation commits").
+    is kept (docs/api.md, "What a generation commits").
     """
 
     def __init__(self, http: httpx.Client, session_id: str, body: dict, headers: dict | None = None):
@@ -84,22 +84,46 @@ class Generation:
                 if response.status_code != 200:
                     response.read()
                     raise _error(response)
-                for event in EventSource(response).iter_sse():
-                    if event.event == "token":
-                        data = event.json()
+                for event, data in _sse_events(response):
+                    if event == "token":
                         token = Token(data["index"], data["id"], data["word"], data["probability"])
                         self.tokens.append(token)
                         yield token
-                    elif event.event == "done":
-                        self.result = event.json()
+                    elif event == "done":
+                        self.result = data
                         return
-                    elif event.event == "error":
-                        raise api_error(event.json(), request_id=response.headers.get("X-Request-ID"))
-        except (httpx.TransportError, SSEError) as e:
+                    elif event == "error":
+                        raise api_error(data, request_id=response.headers.get("X-Request-ID"))
+        except (httpx.TransportError, _NotAStream, ValueError) as e:  # ValueError: an event's data is not JSON
             raise StreamInterrupted(f"the stream of session {self.session_id} broke after {len(self.tokens)} "
                                     f"tokens: {e}", self.session_id, list(self.tokens)) from e
         raise StreamInterrupted(f"the stream of session {self.session_id} ended after {len(self.tokens)} tokens "
                                 "without a done event", self.session_id, list(self.tokens))
+
+
+class _NotAStream(Exception):
+    """A 200 answer to a stream request that is not an event stream (a proxy's page, say)."""
+
+
+def _sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
+    """(event type, its JSON data) for each Server-Sent Event of `response`, as they arrive: `event:` and
+    `data:` lines up to a blank line make one event; comment lines (`:`) and other fields are skipped."""
+    kind = response.headers.get("Content-Type", "").partition(";")[0].strip()
+    if kind != SSE:
+        raise _NotAStream(f"expected {SSE}, got {kind or 'no content type'}")
+    event, data = "message", []
+    for line in response.iter_lines():
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
 
 
 class Client:

@@ -9,7 +9,8 @@ the Python client. Knows argparse and the terminal; every call goes through `Cli
 
 `--url` (env NEXTWORD_URL, default http://127.0.0.1:8000) and `--api-key` (env NEXTWORD_API_KEY)
 go before the command. Exit status: 0 done, 1 the service answered with an error, 2 bad usage,
-3 the service could not be reached or a stream broke, 130 interrupted.
+3 the service could not be reached or a stream broke, 130 interrupted, 141 the reader of its output
+went away (`nextword models | head`), quietly, as a program killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -22,39 +23,40 @@ import sys
 from nextword_client.client import DEFAULT_TIMEOUT, DEFAULT_URL, Client
 from nextword_client.errors import APIError, StreamInterrupted, TransportError
 
-EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED, EXIT_PIPE = 1, 2, 3, 130, 141
 
 
 def _parser() -> argparse.ArgumentParser:
     # Environment defaults are read here, once: the CLI is a separate program from the service.
     env = os.environ
-    p = argparse.ArgumentParser(prog="nextword", description="Client of the nextword next-word-prediction service.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Each help text says its default once, itself: a formatter that appends "(default: …)" would repeat it.
+    p = argparse.ArgumentParser(prog="nextword", description="Client of the nextword next-word-prediction service.")
     p.add_argument("--url", default=env.get("NEXTWORD_URL") or DEFAULT_URL,
-                   help="service base URL (env NEXTWORD_URL)")
+                   help=f"service base URL (default: $NEXTWORD_URL, else {DEFAULT_URL})")
     p.add_argument("--api-key", default=env.get("NEXTWORD_API_KEY") or None,
-                   help="API key sent as a Bearer token (env NEXTWORD_API_KEY)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the service")
+                   help="API key sent as a Bearer token (default: $NEXTWORD_API_KEY, else none)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help="seconds to wait for the service (default: %(default)s)")
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    pr = commands.add_parser("predict", help="next-word distribution of a text",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pr = commands.add_parser("predict", help="next-word distribution of a text")
     pr.add_argument("text")
     pr.add_argument("--model", help="bundle name (default: the service's default model)")
-    pr.add_argument("--top-k", type=int, default=10, help="how many words to show")
+    pr.add_argument("--top-k", type=int, default=10, help="how many words to show (default: %(default)s)")
     pr.add_argument("--session", help="append the text to this session's context")
     pr.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
-    ge = commands.add_parser("generate", help="stream a continuation, tokens printed as they arrive",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ge = commands.add_parser("generate", help="stream a continuation, tokens printed as they arrive")
     ge.add_argument("text", nargs="?", help="prompt fed to the session first")
     ge.add_argument("--session", help="session id (default: a new session, its id printed on stderr)")
-    ge.add_argument("--model", help="model of the new session when --session is not given")
-    ge.add_argument("--max-tokens", type=int, help="tokens to generate (service default when omitted)")
-    ge.add_argument("--temperature", type=float, help="> 0; 1e-5 or less is greedy")
-    ge.add_argument("--top-k", type=int, help="sample among the k likeliest words (0 = off)")
-    ge.add_argument("--top-p", type=float, help="nucleus sampling, 0 < p <= 1")
-    ge.add_argument("--seed", type=int, help="the same seed on the same session state gives the same words")
+    ge.add_argument("--model", help="model of the new session when --session is not given (default: the "
+                                    "service's default model)")
+    ge.add_argument("--max-tokens", type=int, help="tokens to generate (default: the service's)")
+    ge.add_argument("--temperature", type=float, help="> 0; 1e-5 or less is greedy (default: the service's)")
+    ge.add_argument("--top-k", type=int, help="sample among the k likeliest words, 0 = off (default: the service's)")
+    ge.add_argument("--top-p", type=float, help="nucleus sampling, 0 < p <= 1 (default: the service's)")
+    ge.add_argument("--seed", type=int, help="the same seed on the same session state gives the same words "
+                                             "(default: a random one)")
     ge.add_argument("--stop", action="append", metavar="WORD", help="a word that ends the generation (repeatable)")
 
     se = commands.add_parser("sessions", help="create, show or delete a session")
@@ -146,7 +148,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _reader_gone()
+    try:
+        sys.stdout.flush()  # a closed pipe shows here when the output fit in the buffer
+    except BrokenPipeError:
+        return _reader_gone()
     return 0
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe: no traceback, and nothing more written (Python flushes stdout at exit,
+    which would fail again), as the Python documentation on SIGPIPE advises."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":
