@@ -297,8 +297,18 @@ def _openai_schemas() -> dict:
             "type": "object", "required": ["id", "object", "created", "owned_by"],
             "properties": {"id": {"type": "string", "description": "A loaded model's name."},
                            "object": {"const": "model"},
-                           "created": {"type": "integer", "description": "0: a bundle does not record it."},
+                           "created": {"type": "integer", "description": (
+                               "Unix seconds: when the bundle was exported (its manifest's `export.created`), or, "
+                               "for a bundle exported before that was recorded, its model.onnx file's "
+                               "modification time.")},
                            "owned_by": {"const": "nextword"}},
+        },
+        "OpenAIError": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["message", "type", "param", "code"],
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                               "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
         },
         "OpenAIModelList": {
             "type": "object", "required": ["object", "data"],
@@ -516,6 +526,19 @@ def _paths(s: Settings) -> dict:
                 "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405, "408": _E408,
                 "409": _e409(), "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
+            },
+        }},
+        "/v1/chat/completions": {"post": {
+            "operationId": "createChatCompletion", "tags": ["openai"],
+            "summary": "Not served: the models are completion models (use /v1/completions)",
+            "description": (
+                "Tools that speak only OpenAI's chat API get a readable answer instead of a bare 404: a 404 in "
+                "OpenAI's error shape (`type` `invalid_request_error`, `code` `not_a_chat_model`) pointing to "
+                "POST /v1/completions. The body is not read."),
+            "responses": {
+                "404": {"description": "Always.", "headers": {"X-Request-ID": _header("X-Request-ID")},
+                        "content": _json(_ref("OpenAIError"))},
+                "401": _E401, "405": _E405,
             },
         }},
         "/v1/models": _model_get("listOpenAIModels", "openai", "The loaded models in OpenAI's shape (what "
