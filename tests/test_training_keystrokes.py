@@ -73,3 +73,11 @@ def test_command_line(tiny_bundle, tiny_corpus, capsys):
                       "wall_seconds": result["wall_seconds"]}
     assert main(args[:-4] + ["--keystrokes", "0"]) == 2
     assert "--keystrokes must be at least 1" in capsys.readouterr().err
+
+
+def test_no_streams_is_one_error_line(tiny_bundle, tiny_corpus, capsys):
+    args = ["evaluate", "--bundle", str(tiny_bundle), "--text", str(tiny_corpus / "test.txt"), "--keystrokes", "3"]
+    assert main([*args, "--batch-size", "0"]) == 2
+    assert "batch size must be positive" in capsys.readouterr().err
+    assert main([*args, "--max-words", "-1"]) == 2
+    assert "--max-words must not be negative" in capsys.readouterr().err

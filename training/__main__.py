@@ -158,13 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "evaluate" and args.keystrokes is not None:
             from training.keystrokes import keystroke_savings
 
-            result = keystroke_savings(args.bundle, args.text, args.keystrokes, args.batch_size or 64, args.max_words)
+            result = keystroke_savings(args.bundle, args.text, args.keystrokes,
+                                       64 if args.batch_size is None else args.batch_size, args.max_words)
         elif args.cmd == "evaluate":
             from training.evaluate import evaluate_file
 
             if args.context_window < 0:  # --batch-size is checked where the streams are cut (batchify)
                 raise TrainingError("--context-window must not be negative")
-            result = evaluate_file(args.bundle, args.text, args.batch_size or 10, args.context_window)
+            result = evaluate_file(args.bundle, args.text, 10 if args.batch_size is None else args.batch_size,
+                                   args.context_window)
         elif args.cmd == "export":
             from training.export import export
 

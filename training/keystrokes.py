@@ -87,7 +87,7 @@ def keystroke_savings(bundle: str | Path, text: str | Path, top: int = 3, batch_
     countable = {w for w, c in zip(vocab.words, typist.countable) if c}
     lines = _first_words(read_lines(Path(text)), countable, max_words)
     ids = vocab.encode(lines)
-    streams = batchify(ids, min(batch_size, max(1, ids.size // 2)))  # (batch, n)
+    streams = batchify(ids, batch_size if batch_size < 1 else min(batch_size, max(1, ids.size // 2)))  # (batch, n)
     data = np.concatenate([np.full((streams.shape[0], 1), vocab.eos), streams], axis=1)  # each read from a line start
     outputs = ["log_probs"] + [s["output"] for s in manifest["state"]]
     state = zero_state(manifest, data.shape[0])
