@@ -167,7 +167,8 @@ class Client:
 
     def predict_batch(self, items: list[dict]) -> list[dict | APIError]:
         """POST /predict/batch: one answer per item, in order. Each item is a `predict` call's fields
-        (`text`, and optionally `model`, `top_k`, `session_id`); each answer is what `predict` returns,
+        (`text`, and optionally `model`, `top_k`, `session_id`, `prefix`, `case_sensitive`, `words_only`,
+        `if_version`); each answer is what `predict` returns,
         or, for an item that failed, its typed `APIError` (returned, not raised, so one bad item does not
         hide the others). A request the service refuses as a whole raises as usual."""
         results = self._call("POST", "/predict/batch", {"items": items}).json()["results"]

@@ -3,7 +3,8 @@ Knows nothing of HTTP, Flask or Redis commands.
 
 A session's stored state is one blob (see `SessionState`): the recurrent state after every token consumed so far,
 the state before the last of them, and that last token's id. The second and third let a generation without a
-prompt recompute the next-word distribution with one step instead of storing a vocabulary-sized vector. Every
+prompt, and a prediction with an empty text (a word being typed, ranked by the HTTP layer), recompute the next-word
+distribution with one step instead of storing a vocabulary-sized vector; such a prediction writes nothing. Every
 write is a compare-and-set on the session's version: a step that loses the race is re-run on the fresh state
 (`cas_retries` times, then 409), unless the caller named the version it expects (If-Match): then nothing is
 re-run and a moved version is 412, so a client retrying after a timeout never applies its words twice.

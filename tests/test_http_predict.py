@@ -333,3 +333,20 @@ def test_the_octet_stream_answer_stays_raw(client, body, field):
     r = client.post("/predict", json=body, headers={"Accept": BINARY})
     assert r.status_code == 400 and r.json["error"]["field"] == field
     assert "raw distribution" in r.json["error"]["message"]
+
+
+def test_prefix_and_words_only_read_device_resident_rows(make_app):
+    """On CUDA a distribution stays on the device (service/heads.py); the same heads run on the CPU provider."""
+    from service.heads import Heads
+
+    resident, plain = make_app(), make_app()
+    for scheduler in resident.extensions["nextword"].engine.models.values():
+        rt = scheduler.runtime
+        rt.heads = Heads(rt.bundle.vocab_size, rt.session.get_providers(), "cpu", frozenset({rt.bundle.unk}))
+    for body in ({"text": "the cat", "prefix": "e"}, {"text": "the cat eats fish", "words_only": True},
+                 {"text": "", "prefix": "a", "words_only": True, "case_sensitive": True}):
+        got, want = (app.test_client().post("/predict", json=body).json for app in (resident, plain))
+        assert [p["id"] for p in got["predictions"]] == [p["id"] for p in want["predictions"]]
+        assert [p["probability"] for p in got["predictions"]] == pytest.approx(
+            [p["probability"] for p in want["predictions"]], rel=1e-5)
+        assert got["filter"]["mass"] == pytest.approx(want["filter"]["mass"], rel=1e-5)
