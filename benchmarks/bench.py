@@ -506,6 +506,29 @@ def service_runs(models_dir: Path, bundle, workers: int, seconds: float, device:
         redis.stop()
 
 
+def prefix_cost(service: "Service", ids: list[str], words: list[str], connections: int, seconds: float,
+                workdir: Path) -> dict:
+    """The typing load (one vocabulary word to a random session) with and without the word in progress: each
+    request of the second also sends `prefix`, the first one or two letters of another vocabulary word, and
+    `words_only`. Requests/s and p50 as wrk reports them, and the workers' CPU per request (what a prefix adds to
+    each request, less sensitive than throughput to other load on the machine). docs/typing.md reports the ratio
+    from benchmarks/prefix_cost.py, which runs this a few times, alternating."""
+    prefixes = sorted({w[:n] for w in words for n in (1, 2) if len(w) > n})
+    setup = f"ids = {_lua_list(ids)}\nwords = {_lua_list(words)}\nprefixes = {_lua_list(prefixes)}"
+    word = '\'{"text":"\' .. words[math.random(#words)] .. \'","session_id":"\' .. ids[math.random(#ids)] .. \'"'
+    bodies = {"unprefixed": word + "}'",
+              "prefixed": word + ',"prefix":"\' .. prefixes[math.random(#prefixes)] .. \'","words_only":true}\''}
+    workers = _descendants(service.proc.pid)
+    out = {}
+    for name, body in bodies.items():
+        before = {"workers": [_cpu_seconds(p) for p in workers]}
+        r = wrk(service.url, _lua_post('"/predict"', body, setup), connections, seconds, workdir)
+        after = {"workers": [_cpu_seconds(p) for p in workers]}
+        cpu = _cpu_per_request(before, after, r["requests_per_s"] * r["seconds"])
+        out[name] = {**r, "worker_cpu_ms": round(cpu["workers_user_ms"] + cpu["workers_sys_ms"], 3)}
+    return out
+
+
 # --- report ---------------------------------------------------------------------------------------------------------
 
 def report(results: dict) -> str:

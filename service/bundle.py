@@ -102,6 +102,16 @@ class Bundle:
         """(tensors, layers, hidden) of one session's state."""
         return (len(self.manifest["state"]), int(self.manifest["layers"]), int(self.manifest["hidden_size"]))
 
+    @property
+    def created(self) -> tuple[int, str]:
+        """(Unix seconds, where from) of the bundle's making: the manifest's `export.created` (written by exports
+        since it was added), else the ONNX file's modification time, which a copy or a checkout may have reset."""
+        export = self.manifest.get("export")
+        stamp = export.get("created") if isinstance(export, dict) else None
+        if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
+            return stamp, "manifest"
+        return int(self.onnx_path.stat().st_mtime), "file_mtime"
+
     def graph_io(self) -> tuple[dict, dict]:
         m = self.manifest
         return graph_io(m["layers"], m["hidden_size"], m["vocab_size"], self.state_pairs)

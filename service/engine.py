@@ -3,7 +3,8 @@ Knows nothing of HTTP, Flask or Redis commands.
 
 A session's stored state is one blob (see `SessionState`): the recurrent state after every token consumed so far,
 the state before the last of them, and that last token's id. The second and third let a generation without a
-prompt recompute the next-word distribution with one step instead of storing a vocabulary-sized vector. Every
+prompt, and a prediction with an empty text (a word being typed, ranked by the HTTP layer), recompute the next-word
+distribution with one step instead of storing a vocabulary-sized vector; such a prediction writes nothing. Every
 write is a compare-and-set on the session's version: a step that loses the race is re-run on the fresh state
 (`cas_retries` times, then 409), unless the caller named the version it expects (If-Match): then nothing is
 re-run and a moved version is 412, so a client retrying after a timeout never applies its words twice.
@@ -179,6 +180,11 @@ class Engine:
 
     def predict(self, text: str, model: str | None = None, session_id: str | None = None, owner: str = "",
                 scores: bool = False, if_version: int | None = None) -> Prediction:
+        if text == "":  # nothing to read: the distribution where the text stands, nothing written
+            outcome = self._peek_many([BatchItem(text, session_id, model, if_version)], [owner])[0]
+            if isinstance(outcome, ServiceError):
+                raise outcome
+            return replace(outcome, scores=np.empty(0)) if scores else outcome
         if session_id is None:
             scheduler = self.model(model)
             reading = self.read(scheduler, text)
@@ -278,7 +284,77 @@ class Engine:
         Items naming the same session apply in item order, as one compare-and-set whose version grows by the number
         of items applied; every step of a wave (the n-th item of every session, and every stateless item) goes to
         the schedulers at once, and Redis is read and written in one pipelined round trip each."""
-        return self._steps.run_all([(item, owner) for item in items])  # with this worker's other session steps
+        if all(item.text for item in items):
+            return self._steps.run_all([(item, owner) for item in items])  # with this worker's other session steps
+        return self._batch_with_peeks(items, owner)
+
+    # --- where a text stands, without writing --------------------------------------------------------------------
+
+    def _peek_many(self, items: list[BatchItem], owners: list[str]) -> list["Prediction | ServiceError"]:
+        """For items with an empty text: the next-word distribution at the start of a line (no session, or a session
+        that has read nothing), or after everything the session has read, recomputed with one step from the state
+        before its last token. Nothing is written; each session is read once, all steps go to the schedulers at
+        once."""
+        out: list = [None] * len(items)
+        stored = [i for i, item in enumerate(items) if item.session_id is not None]
+        loaded = dict(zip(stored, self.store.get_many([items[i].session_id for i in stored],
+                                                      [owners[i] for i in stored]))) if stored else {}
+        jobs: dict[int, tuple] = {}  # item -> ((scheduler, ids, state or None), record or None)
+        for i, item in enumerate(items):
+            try:
+                record, state = None, None
+                if item.session_id is None:
+                    scheduler = self.model(item.model)
+                else:
+                    if isinstance(loaded[i], ServiceError):
+                        raise loaded[i]
+                    record, scheduler, state = self._load(item.session_id, owners[i], item.model, record=loaded[i])
+                    self._precondition(record, item.if_version)
+                if state is None or state.last < 0:
+                    jobs[i] = ((scheduler, np.array([scheduler.bundle.eos]), None), record)
+                else:  # the state before the last token, fed that token again
+                    jobs[i] = ((scheduler, np.array([state.last]), SessionState(state.before, state.before, -1)),
+                               record)
+            except ServiceError as e:
+                out[i] = e
+        outcomes = self._feed_many([job for job, _ in jobs.values()])
+        nothing = Reading([], np.empty(0, dtype=np.int64), [])
+        for (i, ((scheduler, _, _), record)), outcome in zip(jobs.items(), outcomes):
+            out[i] = outcome if isinstance(outcome, ServiceError) else Prediction(scheduler.bundle.name, nothing,
+                                                                                   outcome[0], record)
+        return out
+
+    def _batch_with_peeks(self, items: list[BatchItem], owner: str) -> list["Prediction | ServiceError"]:
+        """`predict_batch` for a batch holding items with an empty text. Items run in segments: a segment's empty
+        items first, then its others, and an empty item on a session that its segment already fed starts the next
+        segment, so each sees the session as the items before it left it."""
+        results: list = [None] * len(items)
+        peeks: list[int] = []
+        feeds: list[int] = []
+        fed: set[str] = set()
+
+        def flush() -> None:
+            if peeks:
+                for i, outcome in zip(peeks, self._peek_many([items[i] for i in peeks], [owner] * len(peeks))):
+                    results[i] = outcome
+            if feeds:
+                for i, outcome in zip(feeds, self._steps.run_all([(items[i], owner) for i in feeds])):
+                    results[i] = outcome
+            peeks.clear()
+            feeds.clear()
+            fed.clear()
+
+        for i, item in enumerate(items):
+            if item.text == "":
+                if item.session_id is not None and item.session_id in fed:
+                    flush()
+                peeks.append(i)
+            else:
+                feeds.append(i)
+                if item.session_id is not None:
+                    fed.add(item.session_id)
+        flush()
+        return results
 
     def _apply(self, items: list[BatchItem], owners: list[str]) -> list["Prediction | ServiceError"]:
         """`predict_batch` for items of several callers: each item is read and written as its own owner (a session

@@ -197,3 +197,37 @@ def test_predict_batch_answers_each_item_or_its_typed_error(nw, service):
     assert results[0] == raw(service, "/predict", {"text": "the cat", "top_k": 2})
     assert isinstance(results[1], UnknownModel) and results[1].status == 404
     assert results[2]["session"]["tokens"] == 2
+
+
+@pytest.mark.parametrize("typed, text, prefix", [
+    ("The game began development in Ja", "The game began development in ", "Ja"),
+    ("the cat ", "the cat ", ""),
+    ("Ja", "", "Ja"),
+    ("", "", ""),
+    ("  ca", "", "ca"),
+    ("Hello,", "Hello,", ""),
+    ("Hello,wor", "Hello,", "wor"),
+    ("1,00", "1,", "00"),
+    ("caf\u00e9", "", "caf\u00e9"),
+    ("cafe\u0301", "", "cafe\u0301"),
+    ("snake_ca", "snake_", "ca"),
+])
+def test_split_typed(typed, text, prefix):
+    assert nextword_client.split_typed(typed) == (text, prefix)
+
+
+def test_prefix_and_suggest_return_what_the_api_returns(nw, service):
+    body = {"text": "the cat", "prefix": "E", "case_sensitive": False, "words_only": True, "top_k": 3}
+    assert nw.predict("the cat", prefix="E", case_sensitive=False, words_only=True, top_k=3) == raw(
+        service, "/predict", body)
+    assert nw.suggest("the cat E", top_k=3) == raw(service, "/predict", {**body, "text": "the cat "})
+    assert nw.suggest("b")["filter"]["prefix"] == "b"  # a line's first word: an empty text
+    sid = nw.create_session()["session_id"]
+    fed = nw.suggest("the cat e", session_id=sid, top_k=3)  # the complete words are fed, the prefix is not
+    assert fed["session"]["tokens"] == 2 and fed["predictions"] == raw(service, "/predict", {
+        **body, "text": "the cat", "prefix": "e"})["predictions"]
+    again = nw.suggest("ea", session_id=sid, top_k=3)
+    assert again["session"]["version"] == 1 and again["filter"]["prefix"] == "ea"
+    with pytest.raises(InvalidInput) as e:
+        nw.predict("the cat", prefix="a b")
+    assert e.value.field == "prefix"

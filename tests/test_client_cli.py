@@ -42,14 +42,38 @@ def test_the_console_script_is_installed():
     assert out.returncode == 0 and "predict" in out.stdout and "sessions" in out.stdout
 
 
-def test_predict_prints_the_words_and_probabilities_the_api_returns(service):
-    api = requests.post(service.url + "/predict", json={"text": "the cat", "top_k": 4}, timeout=30).json()
-    out = nextword("predict", "the cat", "--top-k", "4", url=service.url)  # the URL from NEXTWORD_URL
+def _rows(out: subprocess.CompletedProcess) -> list[tuple[str, float]]:
     assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines()]
-    assert [(w, float(p)) for w, p in rows] == [(p["word"], round(p["probability"], 4)) for p in api["predictions"]]
-    as_json = nextword("--url", service.url, "predict", "the cat", "--top-k", "4", "--json")
+    return [(w, float(p)) for w, p in (line.split() for line in out.stdout.splitlines())]
+
+
+def _api(service, **body) -> dict:
+    return requests.post(service.url + "/predict", json=body, timeout=30).json()
+
+
+def test_predict_prints_the_words_and_probabilities_the_api_returns(service):
+    api = _api(service, text="the cat eats fish", top_k=4, words_only=True)  # the CLI shows words only
+    out = nextword("predict", "the cat eats fish", "--top-k", "4", url=service.url)  # the URL from NEXTWORD_URL
+    assert _rows(out) == [(p["word"], round(p["probability"], 4)) for p in api["predictions"]]
+    assert f"{api['filter']['matches']} words, together" in out.stderr
+    as_json = nextword("--url", service.url, "predict", "the cat eats fish", "--top-k", "4", "--json")
     assert json.loads(as_json.stdout) == api
+    raw = _api(service, text="the cat eats fish", top_k=4)
+    assert {p["word"] for p in raw["predictions"]} & {".", "<eos>"}  # what --all-tokens brings back
+    every = nextword("predict", "the cat eats fish", "--top-k", "4", "--all-tokens", url=service.url)
+    assert _rows(every) == [(p["word"], round(p["probability"], 4)) for p in raw["predictions"]]
+
+
+def test_predict_prefix_and_suggest_complete_the_word_being_typed(service):
+    api = _api(service, text="the cat", prefix="F", top_k=2, words_only=True)
+    out = nextword("predict", "the cat", "--prefix", "F", "--top-k", "2", url=service.url)
+    assert _rows(out) == [(p["word"], round(p["probability"], 4)) for p in api["predictions"]]
+    assert "starting with 'F'" in out.stderr
+    assert _rows(nextword("suggest", "the cat F", "--top-k", "2", url=service.url)) == _rows(out)
+    none = nextword("predict", "the cat", "--prefix", "F", "--case-sensitive", url=service.url)
+    assert _rows(none) == [] and "0 words starting with 'F'" in none.stderr and "no suggestion" in none.stderr
+    bad = nextword("predict", "the cat", "--prefix", "f f", url=service.url)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: invalid_input [400]") and "prefix" in bad.stderr
 
 
 def test_sessions_create_show_delete(service):

@@ -178,3 +178,175 @@ def test_batched_predictions_equal_single_ones(app, monkeypatch):
     assert max(rows) >= 8, rows  # they did share calls
     for text, probs in zip(texts, together):
         assert np.abs(probs - alone[text]).max() <= 1e-5
+
+
+# -- the word in progress (`prefix`) and words only ------------------------------------------------------------------
+
+def vocabulary(client, model: str = "tiny-lstm") -> list[str]:
+    return client.get(f"/models/{model}/vocab").json["words"]
+
+
+def expected_ranking(probs: np.ndarray, ids: list[int], k: int) -> tuple[list[int], float]:
+    """The candidates' ids by descending probability (ties by id), and their mass, from the raw distribution."""
+    ranked = sorted(ids, key=lambda i: (-float(probs[i]), i))
+    return ranked[:k], float(probs[ids].astype(np.float64).sum())
+
+
+@pytest.mark.parametrize("prefix, case_sensitive, match", [
+    ("b", False, lambda w: w.lower().startswith("b")),
+    ("B", False, lambda w: w.lower().startswith("b")),
+    ("ba", True, lambda w: w.startswith("ba")),
+    ("", False, lambda w: True),
+])
+def test_prefix_ranks_the_completions_renormalised(client, prefix, case_sensitive, match):
+    words = vocabulary(client)
+    probs, _ = distribution(client, {"text": "the baker"})
+    candidates = [i for i, w in enumerate(words) if match(w)]
+    assert 1 < len(candidates)
+    top, mass = expected_ranking(probs, candidates, 4)
+    body = client.post("/predict", json={"text": "the baker", "prefix": prefix, "case_sensitive": case_sensitive,
+                                         "top_k": 4}).json
+    assert [p["id"] for p in body["predictions"]] == top
+    assert [p["word"] for p in body["predictions"]] == [words[i] for i in top]  # the vocabulary's spelling
+    for p in body["predictions"]:
+        assert p["probability"] == pytest.approx(probs[p["id"]] / mass, rel=1e-4)
+    if prefix:
+        assert body["filter"] == {"prefix": prefix, "case_sensitive": case_sensitive, "words_only": False,
+                                  "matches": len(candidates), "mass": pytest.approx(mass, rel=1e-4)}
+    else:  # an empty prefix filters nothing: the unfiltered answer
+        assert "filter" not in body
+        assert body == client.post("/predict", json={"text": "the baker", "top_k": 4}).json
+
+
+def test_a_prefix_that_matches_nothing_is_an_empty_list(client):
+    for body in ({"text": "the cat", "prefix": "B", "case_sensitive": True}, {"text": "the cat", "prefix": "zz"}):
+        r = client.post("/predict", json=body)
+        assert r.status_code == 200
+        assert r.json["predictions"] == []
+        assert r.json["filter"]["matches"] == 0 and r.json["filter"]["mass"] == 0
+
+
+def test_words_only_drops_what_no_one_would_pick(client):
+    words = vocabulary(client)
+    dropped = {"<unk>", "<eos>", "."}
+    assert dropped <= set(words)
+    probs, _ = distribution(client, {"text": "the cat eats fish"})  # a line's end: `.` and <eos> are likely
+    everything = client.post("/predict", json={"text": "the cat eats fish", "top_k": 1000}).json["predictions"]
+    assert dropped & {p["word"] for p in everything[:3]}  # raw, they rank high
+    body = client.post("/predict", json={"text": "the cat eats fish", "top_k": 1000, "words_only": True}).json
+    kept = [i for i, w in enumerate(words) if w not in dropped]
+    top, mass = expected_ranking(probs, kept, 1000)
+    assert [p["id"] for p in body["predictions"]] == top
+    assert sum(p["probability"] for p in body["predictions"]) == pytest.approx(1, abs=1e-5)
+    assert body["filter"]["mass"] == pytest.approx(mass, rel=1e-4) and body["filter"]["matches"] == len(kept)
+    # with a prefix: both filters
+    body = client.post("/predict", json={"text": "the cat", "prefix": "<", "words_only": True}).json
+    assert body["predictions"] == [] and body["filter"]["matches"] == 0
+    # the raw distribution is still there, as before
+    assert np.array_equal(distribution(client, {"text": "the cat eats fish"})[0], probs)
+
+
+def test_the_first_word_of_a_line(client):
+    """An empty text with a prefix: the distribution at the start of a line (after an <eos>)."""
+    words = vocabulary(client)
+    probs, _ = distribution(client, {"text": "<eos>"})
+    body = client.post("/predict", json={"text": "", "prefix": "", "words_only": True, "top_k": 3}).json
+    top, _ = expected_ranking(probs, [i for i, w in enumerate(words) if w not in ("<unk>", "<eos>", ".")], 3)
+    assert [p["id"] for p in body["predictions"]] == top
+    assert body["tokens"] == [] and body["unknown"] == []
+
+
+def test_a_prefix_with_a_session_writes_nothing(client):
+    sid = client.post("/sessions", json={}).json["session_id"]
+    fresh = client.post("/predict", json={"text": "", "prefix": "a", "session_id": sid}).json
+    assert fresh["session"]["tokens"] == 0 and fresh["session"]["version"] == 0
+    assert fresh["predictions"] == client.post("/predict", json={"text": "", "prefix": "a"}).json["predictions"]
+
+    fed = client.post("/predict", json={"text": "my friend", "prefix": "r", "session_id": sid})
+    assert fed.json["session"]["tokens"] == 2 and fed.headers["ETag"] == '"1"'
+    stateless = client.post("/predict", json={"text": "my friend", "prefix": "r"}).json
+    assert fed.json["predictions"] == stateless["predictions"] and fed.json["filter"] == stateless["filter"]
+    for prefix in ("r", "re", "rea", "x"):  # typing the next word letter by letter
+        r = client.post("/predict", json={"text": "", "prefix": prefix, "session_id": sid})
+        assert r.status_code == 200
+        assert r.json["session"]["tokens"] == 2 and r.headers["ETag"] == '"1"'
+        alone = client.post("/predict", json={"text": "my friend", "prefix": prefix}).json
+        assert r.json["predictions"] == alone["predictions"]
+        assert r.json["filter"]["mass"] == pytest.approx(alone["filter"]["mass"], rel=1e-5)
+    assert client.get(f"/sessions/{sid}").json["version"] == 1
+    # the same empty text with scores: no tokens, no scores
+    scored = client.post("/predict", json={"text": "", "prefix": "r", "session_id": sid, "scores": True}).json
+    assert scored["scores"] == [] and scored["session"]["version"] == 1
+    # If-Match still guards it
+    r = client.post("/predict", json={"text": "", "prefix": "r", "session_id": sid}, headers={"If-Match": '"0"'})
+    assert r.status_code == 412
+    r = client.post("/predict", json={"text": "", "prefix": "r", "session_id": "nope" * 8})
+    assert r.status_code == 404 and r.json["error"]["code"] == "session_not_found"
+
+
+def test_batch_items_take_a_prefix_in_order(client):
+    sid = client.post("/sessions", json={}).json["session_id"]
+    items = [{"text": "", "prefix": "t", "session_id": sid},  # before anything: a line start
+             {"text": "the", "session_id": sid, "prefix": "c"},
+             {"text": "", "prefix": "ca", "session_id": sid},  # after "the"
+             {"text": "cat", "session_id": sid, "words_only": True},
+             {"text": "", "prefix": "e", "session_id": sid, "top_k": 2},  # after "the cat"
+             {"text": "", "prefix": "b"},  # stateless, at a line start
+             {"text": "a dog", "prefix": "B", "case_sensitive": True}]
+    results = client.post("/predict/batch", json={"items": items}).json["results"]
+    expected = [("", "t", {}), ("the", "c", {}), ("the", "ca", {}), ("the cat", None, {"words_only": True}),
+                ("the cat", "e", {"top_k": 2}), ("", "b", {}), ("a dog", "B", {"case_sensitive": True})]
+    for result, (text, prefix, extra) in zip(results, expected, strict=True):
+        alone = client.post("/predict", json={"text": text, "prefix": prefix, **extra}).json
+        assert result["predictions"] == alone["predictions"]
+        assert result.get("filter", {}).get("matches") == alone.get("filter", {}).get("matches")
+    assert [r["session"]["version"] for r in results[:5]] == [0, 1, 1, 2, 2]
+    assert client.get(f"/sessions/{sid}").json["tokens"] == 2
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ({"text": "the", "prefix": "x" * 101}, "prefix", ["`prefix`", "longer than 100"]),
+    ({"text": "the", "prefix": 5}, "prefix", ["`prefix`", "string"]),
+    ({"text": "the", "prefix": ["a"]}, "prefix", ["`prefix`", "string"]),
+    ({"text": "the", "prefix": "ca\x07"}, "prefix", ["`prefix`", "control"]),
+    ({"text": "the", "prefix": "ca t"}, "prefix", ["`prefix`", "one word"]),
+    ({"text": "the", "prefix": "\u200bca"}, "prefix", ["`prefix`", "format"]),
+    ({"text": "the", "case_sensitive": "yes"}, "case_sensitive", ["`case_sensitive`", "true or false"]),
+    ({"text": "the", "words_only": 1}, "words_only", ["`words_only`", "true or false"]),
+    ({"text": ""}, "text", ["`text`", "empty", "`prefix`"]),
+    ({"text": "", "prefix": None}, "text", ["`text`", "empty"]),
+    ({"text": " ", "prefix": "a"}, "text", ["`text`", "empty"]),
+])
+def test_bad_prefix_requests_name_the_field(client, body, field, words):
+    r = client.post("/predict", json=body)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    error = r.json["error"]
+    assert error["code"] == "invalid_input" and error["field"] == field
+    assert all(w in error["message"] for w in words), error["message"]
+    batch = client.post("/predict/batch", json={"items": [{"text": "a"}, body]})
+    assert batch.status_code == 400 and batch.json["error"]["field"] == f"items[1].{field}"
+
+
+@pytest.mark.parametrize("body, field", [({"text": "the", "prefix": "c"}, "prefix"),
+                                         ({"text": "the", "words_only": True}, "words_only")])
+def test_the_octet_stream_answer_stays_raw(client, body, field):
+    r = client.post("/predict", json=body, headers={"Accept": BINARY})
+    assert r.status_code == 400 and r.json["error"]["field"] == field
+    assert "raw distribution" in r.json["error"]["message"]
+
+
+def test_prefix_and_words_only_read_device_resident_rows(make_app):
+    """On CUDA a distribution stays on the device (service/heads.py); the same heads run on the CPU provider."""
+    from service.heads import Heads
+
+    resident, plain = make_app(), make_app()
+    for scheduler in resident.extensions["nextword"].engine.models.values():
+        rt = scheduler.runtime
+        rt.heads = Heads(rt.bundle.vocab_size, rt.session.get_providers(), "cpu", frozenset({rt.bundle.unk}))
+    for body in ({"text": "the cat", "prefix": "e"}, {"text": "the cat eats fish", "words_only": True},
+                 {"text": "", "prefix": "a", "words_only": True, "case_sensitive": True}):
+        got, want = (app.test_client().post("/predict", json=body).json for app in (resident, plain))
+        assert [p["id"] for p in got["predictions"]] == [p["id"] for p in want["predictions"]]
+        assert [p["probability"] for p in got["predictions"]] == pytest.approx(
+            [p["probability"] for p in want["predictions"]], rel=1e-5)
+        assert got["filter"]["mass"] == pytest.approx(want["filter"]["mass"], rel=1e-5)

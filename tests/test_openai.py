@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 
 import openai
 import pytest
@@ -301,13 +303,37 @@ def test_pieces_concatenate_to_the_joined_text_past_the_window(start):
     assert "".join(pieces) == detokenize(words, "wikitext")[len(detokenize(words[:start], "wikitext")):]
 
 
-def test_models_are_listed_in_openais_shape(client):
+def test_models_are_listed_in_openais_shape(client, models_dir):
     assert {m.id for m in client.models.list()} == {"tiny-lstm", "tiny-rnn"}
     model = client.models.retrieve("tiny-rnn")
     assert (model.id, model.object, model.owned_by) == ("tiny-rnn", "model", "nextword")
+    exported = json.loads((models_dir / "tiny-rnn" / "manifest.json").read_text())["export"]["created"]
+    assert model.created == exported and abs(exported - time.time()) < 24 * 3600  # made by this test session
     with pytest.raises(openai.NotFoundError) as e:
         client.models.retrieve("gpt-4")
     assert e.value.body["code"] == "unknown_model"
+
+
+def test_a_bundle_without_an_export_time_is_dated_by_its_file(make_app, tiny_bundle_copy):
+    manifest = json.loads((tiny_bundle_copy / "manifest.json").read_text())
+    del manifest["export"]["created"]
+    (tiny_bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    os.utime(tiny_bundle_copy / "model.onnx", (1_700_000_000, 1_700_000_000))
+    listed = make_app(models_dir=tiny_bundle_copy.parent, default_model="bundle").test_client().get("/v1/models")
+    assert listed.json["data"] == [{"id": "bundle", "object": "model", "created": 1_700_000_000,
+                                    "owned_by": "nextword"}]
+
+
+def test_chat_completions_says_what_the_models_are(client, service):
+    """A tool that speaks only chat gets OpenAI's error shape and a message it can show, not a bare 404."""
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="tiny-lstm", messages=[{"role": "user", "content": "hi"}])
+    assert "/v1/completions" in str(e.value) and "completion model" in str(e.value)
+    raw = requests.post(f"{service.url}/v1/chat/completions", json={"messages": []}, timeout=30)
+    assert raw.status_code == 404
+    assert set(raw.json()["error"]) == {"message", "type", "param", "code"}
+    assert raw.json()["error"]["type"] == "invalid_request_error" and raw.json()["error"]["code"] == "not_a_chat_model"
+    assert requests.get(f"{service.url}/v1/chat/completions", timeout=30).status_code == 405
 
 
 def test_logprobs_read_device_resident_rows(make_app):

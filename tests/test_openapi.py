@@ -64,8 +64,9 @@ def test_every_route_is_documented_and_nothing_else(app, document):
             assert "405" in operation["responses"], (path, method)
             for status, response in operation["responses"].items():
                 if int(status) >= 400 and not (path == "/readyz" and status == "503"):
+                    shape = "OpenAIError" if (path, status) == ("/v1/chat/completions", "404") else "Error"
                     assert response["content"]["application/json"]["schema"] == {
-                        "$ref": "#/components/schemas/Error"}, (path, method, status)
+                        "$ref": f"#/components/schemas/{shape}"}, (path, method, status)
 
 
 def test_statuses_and_media_types(document):
@@ -90,7 +91,8 @@ def test_statuses_and_media_types(document):
 
 def test_request_bodies_are_closed_and_complete(document):
     schemas = document["components"]["schemas"]
-    fields = {"PredictRequest": {"text", "model", "top_k", "session_id", "scores"},
+    fields = {"PredictRequest": {"text", "model", "top_k", "session_id", "scores", "prefix", "case_sensitive",
+                                 "words_only"},
               "BatchRequest": {"items"},
               "CreateSessionRequest": {"model"},
               "GenerateRequest": {"text", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop"}}
@@ -116,7 +118,9 @@ def test_limits_are_the_running_services(make_settings):
     schemas = doc["components"]["schemas"]
     assert schemas["PredictRequest"]["properties"]["top_k"]["maximum"] == 7
     assert schemas["GenerateRequest"]["properties"]["max_tokens"]["maximum"] == 9
-    assert schemas["PredictRequest"]["properties"]["text"]["maxLength"] == 4096
+    assert schemas["GenerateRequest"]["properties"]["text"]["maxLength"] == 4096
+    empty, text = schemas["PredictRequest"]["properties"]["text"]["anyOf"]  # "" (with `prefix`), or a text
+    assert empty == {"const": "", "type": "string"} and text["maxLength"] == 4096
 
 
 @pytest.mark.parametrize("text", ["a", "  the cat ", "!", "\u0301", "\U0001F600", "\ue000", "x\u200b", "\t\n\r ",
@@ -124,7 +128,7 @@ def test_limits_are_the_running_services(make_settings):
 def test_text_pattern_is_what_the_server_accepts(client, document, text):
     """The schema's `text` pattern matches exactly the texts /predict reads (it cannot say "at most 512
     tokens", which its description states instead)."""
-    pattern = document["components"]["schemas"]["PredictRequest"]["properties"]["text"]["pattern"]
+    pattern = document["components"]["schemas"]["PredictRequest"]["properties"]["text"]["anyOf"][1]["pattern"]
     response = client.post("/predict", json={"text": text})
     assert response.status_code in (200, 400)
     assert (re.search(pattern, text) is not None) is (response.status_code == 200), response.json

@@ -1,8 +1,8 @@
 """The playground page at `/`, driven in real headless Chromium (the system's /usr/bin/chromium through
 Playwright; nothing is downloaded) against the real service under gunicorn with the tiny bundles:
-typing shows the suggestions the API returns for the text as typed, clicking one accepts it, a
-continuation streams token by token, session mode feeds words one step at a time, and the page logs
-no console error. Typing is at one key per 100 ms on a service paced to 20 ms per model step, so
+typing shows the suggestions the API returns for the text as typed (the word being typed completed, words
+only), clicking one or Tab accepts it, two models compare side by side, a continuation streams token by
+token, session mode feeds words one step at a time, and the page logs no console error. Typing is at one key per 100 ms on a service paced to 20 ms per model step, so
 requests overlap and a stale answer would show if the page let one through.
 """
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 from playwright.sync_api import sync_playwright
+
+from nextword_client import split_typed
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -55,19 +57,36 @@ def page(browser, service):
     context.close()
 
 
-def api_predict(service, text: str) -> dict:
-    response = requests.post(service.url + "/predict", json={"text": text, "top_k": 10, "scores": True}, timeout=30)
+def api_predict(service, typed: str, model: str | None = None) -> dict:
+    """What the page asks for the text as typed: its trailing letters are the word in progress, words only."""
+    text, prefix = split_typed(typed)
+    response = requests.post(service.url + "/predict", json={"text": text, "prefix": prefix, "top_k": 10,
+                                                              "scores": True, "words_only": True, "model": model},
+                             timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def shown_words(page) -> list[str]:
-    return page.eval_on_selector_all("#bars button", "buttons => buttons.map(b => b.dataset.word)")
+def shown_words(page, bars: str = "#bars") -> list[str]:
+    return page.eval_on_selector_all(f"{bars} button", "buttons => buttons.map(b => b.dataset.word)")
 
 
-def wait_for_bars(page, words: list[str]) -> None:
-    page.wait_for_function("words => JSON.stringify([...document.querySelectorAll('#bars button')]"
-                           ".map(b => b.dataset.word)) === JSON.stringify(words)", arg=words)
+def wait_for_bars(page, words: list[str], bars: str = "#bars") -> None:
+    page.wait_for_function("([bars, words]) => JSON.stringify([...document.querySelectorAll(bars + ' button')]"
+                           ".map(b => b.dataset.word)) === JSON.stringify(words)", arg=[bars, words])
+
+
+def wait_for_surprise(page, words: list[str], box: str = "#surprise") -> None:
+    page.wait_for_function("([box, words]) => JSON.stringify([...document.querySelectorAll(box + ' span')]"
+                           ".map(s => s.textContent)) === JSON.stringify(words)", arg=[box, words])
+
+
+def check_colours(page, expected: dict, box: str = "#surprise") -> None:
+    """Each word of the surprise view has the probability the API gives it."""
+    titles = page.eval_on_selector_all(f"{box} span", "spans => spans.map(s => [s.textContent, s.title])")
+    for (word, title), score in zip(titles, expected["scores"], strict=True):
+        assert score["word"] == word and title.startswith("p = "), title
+        assert float(title.split()[2]) == pytest.approx(score["probability"], rel=5e-3)
 
 
 def type_slowly(page, text: str) -> None:
@@ -98,17 +117,13 @@ def test_type_see_suggestions_accept_one_and_stream(page, service):
     assert sorted(page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")) == sorted(
         m["name"] for m in models["models"])
 
-    type_slowly(page, "the cat eats")
-    expected = api_predict(service, "the cat eats")
+    type_slowly(page, "the cat eats ")
+    expected = api_predict(service, "the cat eats ")
     wait_for_bars(page, [p["word"] for p in expected["predictions"]])
     # each typed word coloured by its probability, the numbers the API gives
     # (the bars of "the cat eat" may equal those of "the cat eats": wait for the words too)
-    page.wait_for_function("words => JSON.stringify([...document.querySelectorAll('#surprise span')]"
-                           ".map(s => s.textContent)) === JSON.stringify(words)", arg=expected["tokens"])
-    titles = page.eval_on_selector_all("#surprise span", "spans => spans.map(s => [s.textContent, s.title])")
-    for (word, title), score in zip(titles, expected["scores"], strict=True):
-        assert score["word"] == word and title.startswith("p = "), title
-        assert float(title.split()[2]) == pytest.approx(score["probability"], rel=5e-3)
+    wait_for_surprise(page, expected["tokens"])
+    check_colours(page, expected)
 
     # the second word that is not the end of the line: a real choice, and a word to continue from
     word = [w for w in shown_words(page) if w != "<eos>"][1]
@@ -132,20 +147,73 @@ def test_type_see_suggestions_accept_one_and_stream(page, service):
     assert page.problems == []
 
 
+def test_the_word_being_typed_is_completed_and_tab_takes_it(page, service):
+    type_slowly(page, "the cat eats fish ")
+    raw = requests.post(service.url + "/predict", json={"text": "the cat eats fish", "top_k": 10}, timeout=30).json()
+    assert {".", "<eos>"} & {p["word"] for p in raw["predictions"][:3]}  # what no one would pick ranks high raw
+    wait_for_bars(page, [p["word"] for p in api_predict(service, "the cat eats fish ")["predictions"]])
+    assert not {"<unk>", "<eos>", "."} & set(shown_words(page))
+
+    page.fill("#text", "a child ")
+    type_slowly(page, "dr")  # letter by letter: the completion shows before the word is finished
+    completions = api_predict(service, "a child dr")
+    assert completions["filter"]["prefix"] == "dr" and completions["predictions"]
+    wait_for_bars(page, [p["word"] for p in completions["predictions"]])
+    top = completions["predictions"][0]["word"]
+    assert top.startswith("dr") and top != "dr"
+    assert page.input_value("#text") == "a child dr"  # the word is not finished, its completion is shown
+    page.locator("#text").press("Tab")
+    assert page.input_value("#text") == f"a child {top} "
+    wait_for_bars(page, [p["word"] for p in api_predict(service, f"a child {top} ")["predictions"]])
+    type_slowly(page, "zq")  # nothing in the vocabulary starts with it: an empty list, said so
+    page.wait_for_function("document.getElementById('bars').dataset.matches === '0'")
+    assert shown_words(page) == [] and "no word starts with" in page.text_content("#bars")
+    page.locator("#text").press("Tab")  # nothing to take: Tab leaves the text alone
+    assert page.input_value("#text") == f"a child {top} zq"
+    assert page.problems == []
+
+
+def test_two_models_side_by_side_on_the_articles_example(page, service):
+    """The preset: the LSTM and the RNN on the same text, each with its suggestions and its colours."""
+    column = ".pair .only-comparing"  # the compared model's suggestions
+    assert not page.is_visible(column)
+    page.click("#preset-cliff")
+    assert page.is_checked("#compare") and page.is_visible(column)
+    assert (page.input_value("#model"), page.input_value("#model-b")) == ("tiny-lstm", "tiny-rnn")
+    typed = page.input_value("#text")
+    assert typed.startswith("I have a dog named Cliff.") and typed.endswith("my pet d") and len(typed.split()) > 60
+    for model, bars, box in (("tiny-lstm", "#bars", "#surprise"), ("tiny-rnn", "#bars-b", "#surprise-b")):
+        expected = api_predict(service, typed, model)
+        wait_for_bars(page, [p["word"] for p in expected["predictions"]], bars)
+        wait_for_surprise(page, expected["tokens"], box)
+        check_colours(page, expected, box)
+    assert page.is_visible("#surprise-b")
+    # typing goes on in both
+    type_slowly(page, "o")
+    for model, bars in (("tiny-lstm", "#bars"), ("tiny-rnn", "#bars-b")):
+        wait_for_bars(page, [p["word"] for p in api_predict(service, typed + "o", model)["predictions"]], bars)
+    page.uncheck("#compare")
+    assert not page.is_visible(column) and not page.is_visible("#surprise-b")
+    assert page.problems == []
+
+
 @pytest.mark.slow
 def test_session_mode_feeds_each_finished_word_once(page, service):
     page.check("#session-mode")
     type_slowly(page, "a dog barks ")
-    expected = api_predict(service, "a dog barks")
+    expected = api_predict(service, "a dog barks ")
     wait_for_bars(page, [p["word"] for p in expected["predictions"]])  # a session gives the stateless answer
     page.wait_for_function("document.getElementById('status').textContent.includes('has read 3 tokens')")
     assert page.eval_on_selector_all("#surprise span", "s => s.map(x => x.textContent)") == expected["tokens"]
+    type_slowly(page, "ba")  # the word in progress ranks the bars; it is not fed
+    wait_for_bars(page, [p["word"] for p in api_predict(service, "a dog barks ba")["predictions"]])
+    assert "has read 3 tokens" in page.text_content("#status")
 
     # an edit before the end starts a new session that reads the whole text once
     page.fill("#text", "")
     type_slowly(page, "the bird sings ")
     page.wait_for_function("document.getElementById('status').textContent.includes('has read 3 tokens')")
-    wait_for_bars(page, [p["word"] for p in api_predict(service, "the bird sings")["predictions"]])
+    wait_for_bars(page, [p["word"] for p in api_predict(service, "the bird sings ")["predictions"]])
 
     stream(page, 4)
     assert page.input_value("#text").startswith("the bird sings ")

@@ -85,12 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--context-window", type=int, default=0,
                    help="with --data: record test perplexity by context length (state reset every N tokens)")
 
-    v = sub.add_parser("evaluate", formatter_class=_Formatter, help="perplexity of a bundle through onnxruntime (no torch)")
+    v = sub.add_parser("evaluate", formatter_class=_Formatter,
+                       help="perplexity, or keystroke savings, of a bundle through onnxruntime (no torch)")
     v.add_argument("--bundle", required=True)
     v.add_argument("--text", required=True, help="token file, one <eos> appended per line")
-    v.add_argument("--batch-size", type=int, default=10)
+    v.add_argument("--batch-size", type=int, help="parallel streams per onnxruntime call (default: 10 for "
+                                                  "perplexity, as training evaluates; 64 for --keystrokes)")
     v.add_argument("--context-window", type=int, default=0,
                    help="also report perplexity by context length, resetting the state every N tokens (0 = off)")
+    v.add_argument("--keystrokes", type=int, metavar="N",
+                   help="instead of perplexity: the keystroke savings of a typist shown the top N suggestions for "
+                        "the word being typed (docs/typing.md)")
+    v.add_argument("--max-words", type=int, default=0,
+                   help="with --keystrokes: only the first lines holding this many words (0 = the whole text)")
 
     c = sub.add_parser("compact", formatter_class=_Formatter,
                        help="weights-only copy of a checkpoint, split into parts of bounded size")
@@ -169,12 +176,18 @@ def _main(argv: list[str]) -> int:
     try:
         if hasattr(args, "run"):
             result = args.run(args, _command(argv))
+        elif args.cmd == "evaluate" and args.keystrokes is not None:
+            from training.keystrokes import keystroke_savings
+
+            result = keystroke_savings(args.bundle, args.text, args.keystrokes,
+                                       64 if args.batch_size is None else args.batch_size, args.max_words)
         elif args.cmd == "evaluate":
             from training.evaluate import evaluate_file
 
             if args.context_window < 0:  # --batch-size is checked where the streams are cut (batchify)
                 raise TrainingError("--context-window must not be negative")
-            result = evaluate_file(args.bundle, args.text, args.batch_size, args.context_window)
+            result = evaluate_file(args.bundle, args.text, 10 if args.batch_size is None else args.batch_size,
+                                   args.context_window)
         elif args.cmd == "export":
             from training.export import export
 

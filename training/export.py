@@ -198,7 +198,7 @@ def export(checkpoint: str, out: str, name: str | None = None, data: str | None 
                 "compact": ckpt.get("compact"),
                 "test_ppl_torch": ckpt.get("test_ppl_torch"),
             },
-            "export": {"command": command, "versions": library_versions()},
+            "export": {"command": command, "versions": library_versions(), "created": int(time.time())},
         }
         if data:
             corpus = Corpus.load(data, vocab)

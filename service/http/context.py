@@ -1,4 +1,5 @@
-"""What a request handler reaches for: the worker's settings, engine and request shapes, stored on the Flask app."""
+"""What a request handler reaches for: the worker's settings, engine, request shapes and each model's lexicon (the
+prefix index of service/suggest.py), stored on the Flask app."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask import current_app
 from service.config import Settings
 from service.engine import Engine
 from service.http.shapes import Shapes, for_settings
+from service.suggest import Lexicon
 
 
 @dataclass
@@ -16,9 +18,11 @@ class Services:
     settings: Settings
     engine: Engine
     shapes: Shapes = field(init=False)  # the request models for the settings' limits, built with the app
+    lexicons: dict[str, Lexicon] = field(init=False)  # by model name, built with the app (0.1 s for 33k words)
 
     def __post_init__(self) -> None:
         self.shapes = for_settings(self.settings)
+        self.lexicons = {name: Lexicon(m.bundle.words) for name, m in self.engine.models.items()}
 
 
 def services() -> Services:

@@ -1,6 +1,7 @@
 """POST /v1/completions: OpenAI's legacy completions API on top of the engine's generations, so the `openai`
-client and tools built on it work unchanged (and GET /v1/models, which such tools list models with). Knows Flask
-and OpenAI's wire shapes, not Redis or onnxruntime.
+client and tools built on it work unchanged (and GET /v1/models, which such tools list models with). POST
+/v1/chat/completions answers, in OpenAI's error shape, that these are completion models. Knows Flask and OpenAI's
+wire shapes, not Redis or onnxruntime.
 
 Each request is one generation. Without the non-standard `session_id` it runs on a temporary session, created
 for it and deleted after it (the endpoint stays stateless); with it, the prompt and the generated words are
@@ -292,16 +293,32 @@ def _event_stream(req: CompletionRequest, generation: Generation, temporary: str
     return response
 
 
-def _model_object(name: str) -> dict:
-    # OpenAI's `created` is when the model was made; a bundle does not record it, so 0 (unknown)
-    return {"id": name, "object": "model", "created": 0, "owned_by": "nextword"}
+def _model_object(bundle) -> dict:
+    # OpenAI's `created` is when the model was made: the bundle's export time, or its ONNX file's mtime (Bundle.created)
+    return {"id": bundle.name, "object": "model", "created": bundle.created[0], "owned_by": "nextword"}
 
 
 @bp.get("/models")
 def models():
-    return jsonify({"object": "list", "data": [_model_object(name) for name in services().engine.models]})
+    return jsonify({"object": "list", "data": [_model_object(m.bundle) for m in services().engine.models.values()]})
 
 
 @bp.get("/models/<name>")
 def model(name: str):
-    return jsonify(_model_object(services().engine.model(name).bundle.name))
+    return jsonify(_model_object(services().engine.model(name).bundle))
+
+
+def openai_error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> Response:
+    """An error in OpenAI's own shape, which clients that speak only OpenAI's API print as they are."""
+    response = jsonify({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    response.status_code = status
+    return response
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    """Chat tools find a clear answer here, not a bare 404: these models continue text and have no chat format."""
+    return openai_error(404, "The nextword models are completion models, not chat models: they continue a text "
+                             "word by word and have no chat format, so /v1/chat/completions is not served. Send the "
+                             "text to continue as `prompt` to POST /v1/completions.",
+                        "invalid_request_error", param="model", code="not_a_chat_model")

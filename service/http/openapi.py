@@ -193,6 +193,22 @@ def _schemas(s: Settings) -> dict:
                                      "properties": {"word": {"type": "string"},
                                                     "probability": {"type": "number", "minimum": 0,
                                                                     "maximum": 1}}}},
+                "filter": {
+                    "type": "object",
+                    "required": ["prefix", "case_sensitive", "words_only", "matches", "mass"],
+                    "description": "With a non-empty `prefix` or `words_only`: what was ranked. `predictions` "
+                                   "hold those words' probabilities renormalised over them (a raw probability is "
+                                   "`probability * mass`).",
+                    "properties": {
+                        "prefix": {"type": ["string", "null"]},
+                        "case_sensitive": {"type": "boolean"},
+                        "words_only": {"type": "boolean"},
+                        "matches": {"type": "integer", "minimum": 0,
+                                    "description": "Vocabulary words that were ranked; 0: none starts with the "
+                                                   "prefix, and `predictions` is empty."},
+                        "mass": {"type": "number", "minimum": 0, "maximum": 1,
+                                 "description": "The probability those words had together before "
+                                                "renormalising."}}},
                 "session": _ref("Session"),
             },
         },
@@ -281,8 +297,18 @@ def _openai_schemas() -> dict:
             "type": "object", "required": ["id", "object", "created", "owned_by"],
             "properties": {"id": {"type": "string", "description": "A loaded model's name."},
                            "object": {"const": "model"},
-                           "created": {"type": "integer", "description": "0: a bundle does not record it."},
+                           "created": {"type": "integer", "description": (
+                               "Unix seconds: when the bundle was exported (its manifest's `export.created`), or, "
+                               "for a bundle exported before that was recorded, its model.onnx file's "
+                               "modification time.")},
                            "owned_by": {"const": "nextword"}},
+        },
+        "OpenAIError": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["message", "type", "param", "code"],
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                               "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
         },
         "OpenAIModelList": {
             "type": "object", "required": ["object", "data"],
@@ -307,7 +333,7 @@ def _openai_schemas() -> dict:
 
 
 _EXAMPLES = {
-    "PredictRequest": {"text": "the cat", "top_k": 5},
+    "PredictRequest": {"text": "The game began development in", "prefix": "Ja", "words_only": True, "top_k": 5},
     "BatchRequest": {"items": [{"text": "the"}, {"text": "cat"}]},
     "CreateSessionRequest": {"model": "wikitext2-lstm"},
     "GenerateRequest": {"text": "the cat", "max_tokens": 8, "temperature": 0.8, "top_p": 0.95, "seed": 7,
@@ -359,7 +385,14 @@ def _paths(s: Settings) -> dict:
                 "probabilities in vocabulary order (GET /models/{name}/vocab), with the model in `X-Model` "
                 "and the vocabulary size in `X-Vocab-Size`. With `session_id`, the text is appended to the "
                 "session's context (one compare-and-set write; concurrent calls on one session all count), and "
-                "the response's `ETag` is the session's new version."),
+                "the response's `ETag` is the session's new version.\n\n"
+                "For a keyboard: `prefix` is the word being typed (`text` holds the complete words before it, "
+                "and may be empty). Only vocabulary words starting with it are ranked, case-insensitively unless "
+                "`case_sensitive`, their probabilities renormalised over them; `filter.mass` is the probability "
+                "they had together. `words_only` leaves out `<unk>`, `<eos>`, punctuation and the corpus's "
+                "placeholders. A prefix is never fed to a session: with `session_id` and an empty `text` the "
+                "answer is the distribution after what the session has read, and nothing is written (same "
+                "version, same `ETag`). The octet-stream answer and `scores` are always the raw distribution."),
             "parameters": [if_match],
             "requestBody": {"required": True, "content": _json(_ref("PredictRequest"))},
             "responses": {
@@ -493,6 +526,19 @@ def _paths(s: Settings) -> dict:
                 "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405, "408": _E408,
                 "409": _e409(), "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
+            },
+        }},
+        "/v1/chat/completions": {"post": {
+            "operationId": "createChatCompletion", "tags": ["openai"],
+            "summary": "Not served: the models are completion models (use /v1/completions)",
+            "description": (
+                "Tools that speak only OpenAI's chat API get a readable answer instead of a bare 404: a 404 in "
+                "OpenAI's error shape (`type` `invalid_request_error`, `code` `not_a_chat_model`) pointing to "
+                "POST /v1/completions. The body is not read."),
+            "responses": {
+                "404": {"description": "Always.", "headers": {"X-Request-ID": _header("X-Request-ID")},
+                        "content": _json(_ref("OpenAIError"))},
+                "401": _E401, "405": _E405,
             },
         }},
         "/v1/models": _model_get("listOpenAIModels", "openai", "The loaded models in OpenAI's shape (what "

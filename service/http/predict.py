@@ -1,4 +1,5 @@
-"""POST /predict, POST /predict/batch and the model listing: text in, next-word distribution out."""
+"""POST /predict, POST /predict/batch and the model listing: text in, next-word distribution out, ranked whole or
+over the completions of the word being typed (`prefix`) and the words a person would pick (`words_only`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 
 from service.engine import BatchItem
-from service.errors import NotAcceptable, ServiceError
+from service.errors import InvalidInput, NotAcceptable, ServiceError
 from service.http.context import services
 from service.http.responses import error_item, etag, if_match, prediction_view
 from service.http.validation import json_body, parse
+from service.suggest import Query
 
 bp = Blueprint("predict", __name__)
 BINARY = "application/octet-stream"
@@ -27,6 +29,11 @@ def predict():
     binary = _wants_binary()
     engine = services().engine
     req = parse(services().shapes.predict, json_body())
+    query = _query(req)
+    if binary and query.filters:
+        field = "prefix" if query.prefix else "words_only"
+        raise InvalidInput(f"`{field}` ranks the JSON answer; application/octet-stream is always the raw "
+                           "distribution (filter it with GET /models/{name}/vocab)", field=field)
     version = if_match(request.headers.get("If-Match"))  # checked always, meaningful with a session only
     result = engine.predict(req.text, model=req.model, session_id=req.session_id, owner=g.owner, scores=req.scores,
                             if_version=version if req.session_id is not None else None)
@@ -38,7 +45,7 @@ def predict():
         probs = np.exp(np.asarray(result.log_probs, dtype=np.float64)).astype("<f4")  # (vocab,) little-endian float32
         headers.update({"X-Vocab-Size": str(probs.size), "X-Dtype": "float32-le"})
         return Response(probs.tobytes(), mimetype=BINARY, headers=headers)
-    response = jsonify(prediction_view(result, engine.model(result.model).bundle.words, req.top_k))
+    response = jsonify(_view(result, req.top_k, query))
     response.headers.update(headers)
     return response
 
@@ -51,10 +58,20 @@ def predict_batch():
     items = [BatchItem(text=i.text, session_id=i.session_id, model=i.model, top_k=i.top_k,
                        if_version=i.if_version if i.session_id is not None else None) for i in req.items]
     results = engine.predict_batch(items, g.owner)
-    out = [error_item(r) if isinstance(r, ServiceError) else
-           prediction_view(r, engine.model(r.model).bundle.words, item.top_k) for r, item in zip(results, items)]
+    out = [error_item(r) if isinstance(r, ServiceError) else _view(r, item.top_k, _query(given))
+           for r, item, given in zip(results, items, req.items)]
     g.log.update(items=len(items), failed=sum(isinstance(r, ServiceError) for r in results))
     return jsonify({"results": out})
+
+
+def _query(req) -> Query:
+    """The word in progress and the word filter of a request (or of one batch item)."""
+    return Query(req.prefix, req.case_sensitive, req.words_only)
+
+
+def _view(result, k: int, query: Query) -> dict:
+    return prediction_view(result, services().engine.model(result.model).bundle.words, k,
+                           services().lexicons[result.model], query)
 
 
 @bp.get("/models")

@@ -16,6 +16,7 @@ from service import metrics
 from service.errors import InvalidInput, ServiceError
 from service.sampling import top_k
 from service.state import SessionRecord
+from service.suggest import Lexicon, Query
 
 SSE = "text/event-stream"
 _IF_MATCH = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})')
@@ -95,13 +96,19 @@ def session_response(record: SessionRecord, status: int = 200) -> Response:
     return response
 
 
-def prediction_view(prediction, words: tuple[str, ...], k: int) -> dict:
-    """What /predict answers in JSON for one prediction (also one result of /predict/batch)."""
-    ids, probs = top_k(prediction.log_probs, k)
+def prediction_view(prediction, words: tuple[str, ...], k: int, lexicon: Lexicon | None = None,
+                    query: Query | None = None) -> dict:
+    """What /predict answers in JSON for one prediction (also one result of /predict/batch). With a query that
+    filters (a prefix, words only), its candidates ranked by the lexicon, and `filter` saying what was kept."""
+    ranked = lexicon.rank(prediction.log_probs, k, query) if query is not None and query.filters else None
+    ids, probs = (ranked.ids, ranked.probabilities) if ranked is not None else top_k(prediction.log_probs, k)
     out = {"model": prediction.model,
            "predictions": [{"word": words[i], "id": i, "probability": p} for i, p in zip(ids.tolist(), probs.tolist())],
            "tokens": prediction.reading.tokens,
            "unknown": prediction.reading.unknown}
+    if ranked is not None:
+        out["filter"] = {"prefix": query.prefix, "case_sensitive": query.case_sensitive,
+                         "words_only": query.words_only, "matches": ranked.candidates, "mass": ranked.mass}
     if prediction.scores is not None:
         out["scores"] = [{"word": w, "probability": p}
                          for w, p in zip(prediction.reading.tokens, prediction.scores.tolist())]

@@ -36,6 +36,7 @@ MAX_LOGPROBS = 5  # OpenAI's limit for completions
 MAX_OPENAI_STOP = 4  # OpenAI's limit
 MAX_GENERATE_STOP = 16  # stop words of one generation: each is compared with every sampled word
 MAX_STOP_LENGTH = 100  # characters of a stop word; no word of a vocabulary is longer
+MAX_PREFIX_LENGTH = 100  # characters of a word in progress; WikiText-2's longest word has 20
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ class _Schema:
         return {**handler(core_schema), **extra}
 
 
-def invalid(phrase: str) -> PydanticCustomError:
-    """A failure of one of the checks below; `validation.py` prefixes the field (`top_k` must be ...)."""
-    return PydanticCustomError("invalid", "{phrase}", {"phrase": phrase})
+def invalid(phrase: str, field: str | None = None) -> PydanticCustomError:
+    """A failure of one of the checks below; `validation.py` prefixes the field (`top_k` must be ...). A check of
+    the whole object names the field it concerns."""
+    return PydanticCustomError("invalid", "{phrase}", {"phrase": phrase, **({"field": field} if field else {})})
 
 
 def _integral(value):
@@ -85,6 +87,23 @@ def _text_or_empty(value: str) -> str:
     return value if value == "" else _text(value)
 
 
+def _same(value):
+    return value
+
+
+def _prefix(value: str) -> str:
+    if any(dropped(ch) for ch in value):
+        raise invalid("must be the start of one word: no whitespace, control or format characters")
+    return value
+
+
+def _empty_text_needs_prefix(request):
+    """`text` may be empty only with `prefix`: the first word of a line, or a word after what a session has read."""
+    if request.text == "" and request.prefix is None:
+        raise invalid("must not be empty (it may be empty only with `prefix`, the word being typed)", field="text")
+    return request
+
+
 def _stop_word(value: str) -> str:
     if not value.strip():
         raise invalid("must not be blank")
@@ -106,9 +125,21 @@ def _one_or_more(value):
 @functools.cache
 def text_pattern() -> str:
     """Not blank, no NUL, and at least one character the tokenizer keeps (it drops control and format characters
-    and variation selectors), so a text matching it always has a word. Lone surrogates (Cs) are left out of the
-    class: they are not Unicode scalar values, and regex engines that work on those (Rust's, used by schemathesis)
-    refuse a pattern naming them."""
+    and variation selectors), so a text matching it always has a word."""
+    return f"^[^\\x00]*[^{_dropped_class()}][^\\x00]*$"
+
+
+@functools.cache
+def prefix_pattern() -> str:
+    """Only characters the tokenizer keeps: the start of one word."""
+    return f"^[^{_dropped_class()}]*$"
+
+
+@functools.cache
+def _dropped_class() -> str:
+    """The ranges of a regex character class holding what the tokenizer drops or splits on. Lone surrogates (Cs)
+    are left out of the class: they are not Unicode scalar values, and regex engines that work on those (Rust's,
+    used by schemathesis) refuse a pattern naming them."""
     spans, start = [], None
     for code in range(0x110001):
         ch = chr(code) if code < 0x110000 else ""
@@ -118,8 +149,7 @@ def text_pattern() -> str:
         elif not gone and start is not None:
             spans.append((start, code - 1))
             start = None
-    ranges = "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in spans)
-    return f"^[^\\x00]*[^{ranges}][^\\x00]*$"
+    return "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in spans)
 
 
 def _escape(code: int) -> str:
@@ -247,16 +277,37 @@ def _build(max_body_bytes: int, max_top_k: int, max_generate_tokens: int, max_ba
                              "session's.")
 
     class TextRequest(Body):
-        text: Annotated[Text, Field(description=(
-            "Raw text, split the way the model's corpus was split (see the model's `text_convention`); each line "
-            f"break is an `<eos>`. At most {max_text_tokens} tokens after splitting (NEXTWORD_MAX_TEXT_TOKENS; more "
-            "is a 400 on `text`), and at least one word. With a session, the text is appended to the session's "
-            "context."))]
+        model_config = ConfigDict(json_schema_extra={  # what _empty_text_needs_prefix checks
+            "if": {"properties": {"text": {"const": ""}}, "required": ["text"]},
+            "then": {"properties": {"prefix": {"type": "string"}}, "required": ["prefix"]}})
+
+        text: Annotated[EmptyOrText, BeforeValidator(_same, json_schema_input_type=EmptyOrTextSchema), Field(
+            description=(
+                "Raw text: the complete words before the next one, split the way the model's corpus was split "
+                "(see the model's `text_convention`); each line break is an `<eos>`. At most "
+                f"{max_text_tokens} tokens after splitting (NEXTWORD_MAX_TEXT_TOKENS; more is a 400 on `text`), "
+                "and at least one word, except with `prefix`: then it may be empty, for the first word of a line "
+                "or, with a session, for a word after what the session has read (nothing is written). With a "
+                "session, the text is appended to the session's context."))]
         model: Model = None
         top_k: Annotated[TopK, Field(description="How many predictions the JSON response lists (default 10; "
                                                  "clipped to the vocabulary size).")] = 10
         session_id: Name(description="Continue this session: the text is fed after its state, and the new state is "
                                      "stored.") = None
+        prefix: Annotated[str, Field(max_length=MAX_PREFIX_LENGTH, description=(
+            "The characters typed so far of the next word: only vocabulary words that start with them are ranked "
+            "(in the vocabulary's spelling), their probabilities renormalised over those words; `filter` in the "
+            "answer says how many matched (0: an empty list) and the mass they had. Never fed to a session: send "
+            "the word in `text` once it is complete. Empty: every word. The JSON answer only.")),
+            AfterValidator(_prefix), _Schema({"pattern": prefix_pattern})] = None
+        case_sensitive: Annotated[bool, Field(description=(
+            "Match `prefix` case-sensitively (default: case-insensitively, `ja` finds January).")) ] = False
+        words_only: Annotated[bool, Field(description=(
+            "Rank only words a person would pick: no `<unk>`, `<eos>`, punctuation, or WikiText's `@-@` `@,@` "
+            "`@.@`; probabilities renormalised over the words, their mass in `filter`. The JSON answer only (the "
+            "octet-stream answer and `scores` are always the raw distribution)."))] = False
+
+        _check = model_validator(mode="after")(_empty_text_needs_prefix)
 
     class PredictRequest(TextRequest):
         """The body of POST /predict."""

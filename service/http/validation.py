@@ -68,6 +68,8 @@ def parse(shape: type[M], body: dict) -> M:
 def _invalid(shape: type[BaseModel], errors: list[dict]) -> InvalidInput:
     """The error a client sees first, as the fields are read: an object's unknown fields before its fields, which
     come in declaration order, and a batch's items in item order."""
+    errors = [{**e, "loc": (*e["loc"], e["ctx"]["field"])} if "field" in e.get("ctx", {}) else e
+              for e in errors]  # a check of a whole object names its field (shapes.invalid)
     ranked = []
     for n, error in enumerate(errors):
         field, holder, info = _locate(shape, error["loc"])

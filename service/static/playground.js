@@ -1,6 +1,11 @@
-// The nextword playground: live next-word bars while typing, click to accept a word, a streamed
-// continuation, and each word coloured by how surprising the model found it. Talks to the service's
-// public HTTP API only (the same calls as docs/api.md); no framework, no build step.
+// The nextword playground: live next-word bars while typing, click or Tab to accept a word, a streamed
+// continuation, and each word coloured by how surprising the model found it; optionally a second model
+// side by side on the same text. Talks to the service's public HTTP API only (the same calls as
+// docs/api.md); no framework, no build step.
+//
+// As a phone keyboard does, the letters typed after the last space are the word in progress: they go
+// as `prefix` (never fed to a session), so the bars complete that word, and only words a person would
+// pick are shown (`words_only`: no <unk>, punctuation or corpus placeholders).
 //
 // Typing stays responsive at one key every 100 ms: requests are debounced, a stateless request made
 // stale by a newer keystroke is aborted, and every answer carries the number of the request it
@@ -18,7 +23,15 @@
     model: $("model"), sessionMode: $("session-mode"), key: $("api-key"), text: $("text"), surprise: $("surprise"),
     bars: $("bars"), temperature: $("temperature"), topP: $("top-p"), maxTokens: $("max-tokens"),
     generate: $("generate"), stop: $("stop"), status: $("status"),
+    compare: $("compare"), modelB: $("model-b"), barsB: $("bars-b"), surpriseB: $("surprise-b"),
+    preset: $("preset-cliff"),
   };
+  // The article's example: a fact stated, a long stretch about other things, then a word that needs the fact.
+  const CLIFF = "I have a dog named Cliff. He is a good dog and likes to play in the garden. We go for long walks " +
+    "in the park every morning, and in the evening we sit by the fire. The weather here is often cold and wet in " +
+    "the winter, but the summers are warm and long. My neighbours have two cats and a large garden with many old " +
+    "trees. Last year we travelled to the coast, where we stayed in a small house near the sea for two weeks. " +
+    "When I come home, the first to greet me is my pet d";
 
   const state = {
     seq: 0,  // number of the newest prediction request; answers to older ones are not shown
@@ -30,7 +43,18 @@
     feeding: null,  // session mode: the promise of the feed in flight
     scored: [],  // [{word, probability}] of the text shown in the surprise view
     streaming: null,  // AbortController of the running generation
+    top: null,  // the first suggestion shown, which Tab accepts
+    seqB: 0,  // number of the newest request of the compared model
+    inflightB: null,  // AbortController of the compared model's running request
   };
+
+  // The text as typed -> {text: the complete words, prefix: the word in progress (its trailing letters,
+  // digits and combining marks)}; the same rule as nextword_client.split_typed.
+  function splitTyped(typed) {
+    const prefix = typed.match(/[\p{L}\p{N}\p{M}]*$/u)[0];
+    const text = typed.slice(0, typed.length - prefix.length);
+    return {text: text.trim() ? text : "", prefix};
+  }
 
   // --- HTTP ----------------------------------------------------------------------------------------
 
@@ -57,9 +81,10 @@
     return data;
   }
 
-  // The distribution after the text, and each token's probability given the tokens before it (`scores`).
+  // The words after the text that complete the prefix, and each token's probability given the tokens
+  // before it (`scores`).
   function predict(body, signal) {
-    return api("POST", "/predict", {...body, scores: true}, signal);
+    return api("POST", "/predict", {...body, scores: true, words_only: true}, signal);
   }
 
   // Reads an event stream from a fetch response (EventSource cannot POST): calls on[type](data).
@@ -98,9 +123,22 @@
 
   const label = (word) => (word === "<eos>" ? "↵ (end of line)" : word);
 
-  function showBars(predictions) {
+  // The suggestions of the model the page types with (list `ui.bars`: Tab takes the first), or of the
+  // compared one. `filter` says what the bars are out of: the completions of the prefix, or all words.
+  function showBars(predictions, filter, list = ui.bars) {
     const top = predictions.length ? predictions[0].probability : 1;
-    ui.bars.replaceChildren(...predictions.map((p) => {
+    if (list === ui.bars) state.top = predictions.length ? predictions[0].word : null;
+    list.dataset.matches = filter ? String(filter.matches) : "";
+    list.title = filter && filter.prefix
+      ? `${filter.matches} words start with “${filter.prefix}”: ${(100 * filter.mass).toFixed(1)}% of the ` +
+        "probability, shown renormalised" : "";
+    if (filter && filter.prefix && !predictions.length) {
+      const none = Object.assign(document.createElement("li"), {className: "none",
+                                                                textContent: `no word starts with “${filter.prefix}”`});
+      list.replaceChildren(none);
+      return;
+    }
+    list.replaceChildren(...predictions.map((p) => {
       const button = document.createElement("button");
       button.type = "button";
       button.dataset.word = p.word;
@@ -124,8 +162,8 @@
     return `hsl(${Math.round(120 * (1 - Math.min(bits, 12) / 12))} 70% 80%)`;
   }
 
-  function showSurprise() {
-    ui.surprise.replaceChildren(...state.scored.map((t) => {
+  function showSurprise(scored = state.scored, box = ui.surprise) {
+    box.replaceChildren(...scored.map((t) => {
       if (t.word === "<eos>") return Object.assign(document.createElement("div"), {className: "break"});
       const span = Object.assign(document.createElement("span"), {textContent: t.word});
       if (t.probability !== undefined) {
@@ -138,8 +176,11 @@
 
   function clearPrediction() {
     ui.bars.replaceChildren();
+    state.top = null;
     state.scored = [];
     showSurprise();
+    ui.barsB.replaceChildren();
+    ui.surpriseB.replaceChildren();
   }
 
   // --- predictions while typing ----------------------------------------------------------------------
@@ -153,26 +194,48 @@
     if (state.streaming) return;  // the generation updates the text itself; refreshed when it ends
     if (ui.sessionMode.checked) feedSession();
     else predictStateless(ui.text.value);
+    if (ui.compare.checked) predictCompared(ui.text.value);
   }
 
-  async function predictStateless(text) {
+  async function predictStateless(typed) {
     const seq = ++state.seq;
     if (state.inflight) state.inflight.abort();  // its answer would be stale
-    if (!text.trim()) {
+    if (!typed.trim()) {
       clearPrediction();
       return;
     }
     const controller = (state.inflight = new AbortController());
     const started = performance.now();
     try {
-      const answer = await predict({text, model: ui.model.value || null, top_k: TOP_K}, controller.signal);
+      const answer = await predict({...splitTyped(typed), model: ui.model.value || null, top_k: TOP_K},
+                                   controller.signal);
       if (seq !== state.seq) return;
-      showBars(answer.predictions);
+      showBars(answer.predictions, answer.filter);
       state.scored = answer.scores;
       showSurprise();
       setStatus(`${answer.tokens.length} tokens read · ${Math.round(performance.now() - started)} ms`);
     } catch (e) {
       if (e.name !== "AbortError" && seq === state.seq) showError(e);
+    }
+  }
+
+  // The second model on the same text, always stateless: its bars and its colours beside the first's.
+  async function predictCompared(typed) {
+    const seq = ++state.seqB;
+    if (state.inflightB) state.inflightB.abort();
+    if (!typed.trim() || !ui.modelB.value) {
+      ui.barsB.replaceChildren();
+      ui.surpriseB.replaceChildren();
+      return;
+    }
+    const controller = (state.inflightB = new AbortController());
+    try {
+      const answer = await predict({...splitTyped(typed), model: ui.modelB.value, top_k: TOP_K}, controller.signal);
+      if (seq !== state.seqB) return;
+      showBars(answer.predictions, answer.filter, ui.barsB);
+      showSurprise(answer.scores, ui.surpriseB);
+    } catch (e) {
+      if (e.name !== "AbortError" && seq === state.seqB) showError(e);
     }
   }
 
@@ -202,22 +265,26 @@
       const session = state.session;
       const pending = text.slice(state.fed.length);
       const finished = pending.slice(0, Math.max(pending.search(/\s\S*$/), -1) + 1);
-      if (!finished.trim()) {
-        if (!text.trim()) {
-          clearPrediction();
-          setStatus("");
-        } else if (pending.trim() && !ui.bars.children.length) {
-          setStatus("session: a word is fed once you finish it (space)");
-        }
+      const unfinished = pending.slice(finished.length);
+      const {text: head, prefix} = splitTyped(unfinished);
+      if (!text.trim()) {
+        clearPrediction();
+        setStatus("");
+        return;
+      }
+      if (!finished.trim() && head) {  // nothing to feed, and what follows is not a word in progress alone
+        if (pending.trim() && !ui.bars.children.length) setStatus("session: a word is fed once you finish it (space)");
         return;
       }
       const started = performance.now();
-      const answer = await predict({text: finished, session_id: session.id, top_k: TOP_K});
+      // The finished words are fed; the word in progress only ranks (with an empty text, nothing is written).
+      const answer = await predict({text: finished.trim() ? finished : "", prefix: head ? "" : prefix,
+                                    session_id: session.id, top_k: TOP_K});
       if (state.session !== session) return;  // the model or mode changed meanwhile: a new session follows
-      state.fed += finished;  // the session has read it, whatever the page shows next
+      state.fed += finished.trim() ? finished : "";  // the session has read it, whatever the page shows next
       state.scored.push(...answer.scores);
       if (seq === state.seq) {
-        showBars(answer.predictions);
+        showBars(answer.predictions, answer.filter);
         showSurprise();
         setStatus(`session ${session.id.slice(0, 8)}… has read ${answer.session.tokens} tokens · ` +
                   `${Math.round(performance.now() - started)} ms for the last ${answer.tokens.length}`);
@@ -230,8 +297,10 @@
     }
   }
 
+  // Replaces the word in progress with the word taken (a keyboard's completion), and adds a space.
   function accept(word) {
     let text = ui.text.value;
+    text = text.slice(0, text.length - splitTyped(text).prefix.length);
     if (ui.sessionMode.checked) text = text.replace(/\S+$/, "");  // the bars follow the last finished word
     if (word === "<eos>") text = text.replace(/[ \t]+$/, "") + "\n";
     else text += `${text && !/\s$/.test(text) ? " " : ""}${word} `;
@@ -312,7 +381,7 @@
       const answer = await predict({text: ui.text.value, model: ui.model.value || null, top_k: TOP_K});
       if (seq !== state.seq) return;
       state.scored = answer.scores;
-      showBars(answer.predictions);
+      showBars(answer.predictions, answer.filter);
       showSurprise();
     } catch (e) {
       if (seq === state.seq) showError(e);
@@ -324,8 +393,11 @@
   async function loadModels() {
     try {
       const {default: fallback, models} = await api("GET", "/models");
-      ui.model.replaceChildren(...models.map((m) => new Option(`${m.name} (${m.architecture || "model"})`, m.name,
-                                                               m.name === fallback, m.name === fallback)));
+      const options = (chosen) => models.map((m) => new Option(`${m.name} (${m.architecture || "model"})`, m.name,
+                                                                m.name === chosen, m.name === chosen));
+      ui.model.replaceChildren(...options(fallback));
+      const other = models.find((m) => m.name !== fallback);  // compared by default: another model
+      ui.modelB.replaceChildren(...options(other ? other.name : fallback));
       if (ui.text.value.trim()) refresh();
     } catch (e) {
       showError(e);
@@ -341,7 +413,42 @@
     schedule(0);
   }
 
+  // The article's example, LSTM against RNN where both are served.
+  function preset() {
+    const names = [...ui.model.options].map((o) => o.value);
+    const pick = (kind) => names.find((n) => n.includes(kind));
+    if (pick("lstm") && pick("rnn")) {
+      ui.model.value = pick("lstm");
+      ui.modelB.value = pick("rnn");
+    }
+    ui.compare.checked = true;
+    showComparison();
+    ui.text.value = CLIFF;
+    resetModelOrMode();
+    ui.text.focus();
+  }
+
+  function showComparison() {
+    document.body.classList.toggle("comparing", ui.compare.checked);
+    if (!ui.compare.checked) {
+      state.seqB++;
+      ui.barsB.replaceChildren();
+      ui.surpriseB.replaceChildren();
+    }
+  }
+
   ui.text.addEventListener("input", () => schedule());
+  ui.text.addEventListener("keydown", (event) => {  // Tab takes the first suggestion, as a keyboard's middle key does
+    if (event.key !== "Tab" || event.shiftKey || event.altKey || event.ctrlKey || event.metaKey || !state.top) return;
+    event.preventDefault();
+    accept(state.top);
+  });
+  ui.compare.addEventListener("change", () => {
+    showComparison();
+    schedule(0);
+  });
+  ui.modelB.addEventListener("change", () => schedule(0));
+  ui.preset.addEventListener("click", preset);
   ui.model.addEventListener("change", resetModelOrMode);
   ui.sessionMode.addEventListener("change", resetModelOrMode);
   ui.key.addEventListener("change", () => {

@@ -1,7 +1,8 @@
 """The `nextword` command line: predict, generate (tokens printed as they arrive) and sessions, over
 the Python client. Knows argparse and the terminal; every call goes through `Client`.
 
-    nextword predict "The game began"                 # top words and probabilities
+    nextword predict "The game began"                 # top words and probabilities (words only; --all-tokens)
+    nextword suggest "The game began development in Ja"   # completions of the word being typed
     SID=$(nextword sessions create)                   # prints the new session id
     nextword generate --session $SID "The game" --max-tokens 20 --seed 7
     nextword sessions show $SID                       # JSON
@@ -44,7 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help="bundle name (default: the service's default model)")
     pr.add_argument("--top-k", type=int, default=10, help="how many words to show (default: %(default)s)")
     pr.add_argument("--session", help="append the text to this session's context")
+    pr.add_argument("--prefix", help="the characters typed so far of the next word: rank only its completions")
+    pr.add_argument("--case-sensitive", action="store_true", help="match --prefix case-sensitively")
+    pr.add_argument("--all-tokens", action="store_true",
+                    help="rank every token (<unk>, punctuation, <eos>...), not only words a person would pick")
     pr.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    su = commands.add_parser("suggest", help="what a keyboard shows for a text as typed: the trailing letters are "
+                                             "the word in progress")
+    su.add_argument("typed", help='e.g. "The game began development in Ja"')
+    su.add_argument("--model", help="bundle name (default: the service's default model)")
+    su.add_argument("--top-k", type=int, default=3, help="how many suggestions to show (default: %(default)s)")
+    su.add_argument("--session", help="feed the complete words to this session (never the word in progress)")
+    su.add_argument("--case-sensitive", action="store_true", help="match the word in progress case-sensitively")
+    su.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
     ge = commands.add_parser("generate", help="stream a continuation, tokens printed as they arrive")
     ge.add_argument("text", nargs="?", help="prompt fed to the session first")
@@ -76,13 +90,28 @@ def _print_json(value) -> None:
 
 
 def _predict(nw: Client, args) -> None:
-    answer = nw.predict(args.text, model=args.model, top_k=args.top_k, session_id=args.session)
-    if args.json:
+    _show(nw.predict(args.text, model=args.model, top_k=args.top_k, session_id=args.session, prefix=args.prefix,
+                     case_sensitive=args.case_sensitive or None, words_only=not args.all_tokens), args.json)
+
+
+def _suggest(nw: Client, args) -> None:
+    _show(nw.suggest(args.typed, model=args.model, top_k=args.top_k, session_id=args.session,
+                     case_sensitive=args.case_sensitive or None), args.json)
+
+
+def _show(answer: dict, as_json: bool) -> None:
+    """Word and probability per line; with a filter, a last line (on stderr) saying what was ranked."""
+    if as_json:
         _print_json(answer)
         return
-    width = max(len(p["word"]) for p in answer["predictions"])
+    width = max((len(p["word"]) for p in answer["predictions"]), default=0)
     for p in answer["predictions"]:
         print(f"{p['word']:<{width}}  {p['probability']:.4f}")
+    kept = answer.get("filter")
+    if kept is not None:
+        what = f"words starting with {kept['prefix']!r}" if kept["prefix"] else "words"
+        print(f"{kept['matches']} {what}, together {kept['mass']:.4f} of the probability"
+              + ("" if kept["matches"] else ": no suggestion"), file=sys.stderr)
 
 
 def _generate(nw: Client, args) -> None:
@@ -135,7 +164,7 @@ def _session_ids_as_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_session_ids_as_values(sys.argv[1:] if argv is None else list(argv)))
-    run = {"predict": _predict, "generate": _generate, "sessions": _sessions,
+    run = {"predict": _predict, "suggest": _suggest, "generate": _generate, "sessions": _sessions,
            "models": lambda nw, _: _print_json(nw.models())}[args.command]
     try:
         with Client(args.url, api_key=args.api_key, timeout=args.timeout) as nw:

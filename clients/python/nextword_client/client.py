@@ -6,6 +6,7 @@ service's internals.
 
     with Client("http://127.0.0.1:8000") as nw:
         print(nw.predict("The game began")["predictions"][0]["word"])
+        print(nw.suggest("The game began development in Ja")["predictions"][0]["word"])  # completes "Ja"
         sid = nw.create_session()["session_id"]
         for token in nw.generate(sid, "The game", max_tokens=20, seed=7):
             print(token.word, end=" ", flush=True)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+import unicodedata
 from importlib.metadata import PackageNotFoundError, version
 
 import httpx
@@ -161,17 +163,36 @@ class Client:
     # --- prediction ------------------------------------------------------------------------------
 
     def predict(self, text: str, model: str | None = None, top_k: int | None = None,
-                session_id: str | None = None, scores: bool | None = None, if_version: int | None = None) -> dict:
+                session_id: str | None = None, scores: bool | None = None, if_version: int | None = None,
+                prefix: str | None = None, case_sensitive: bool | None = None,
+                words_only: bool | None = None) -> dict:
         """POST /predict: `{"model", "predictions": [{"word", "id", "probability"}], "tokens", "unknown"}`,
         plus `session` with a session, and `scores` (each token's probability given what came before it)
         when asked for. `if_version` (sent as If-Match): write only if the session is still at that version,
-        else `PreconditionFailed` with nothing written, so a retry never applies a text twice."""
-        body = _fields(text=text, model=model, top_k=top_k, session_id=session_id, scores=scores)
+        else `PreconditionFailed` with nothing written, so a retry never applies a text twice.
+
+        `prefix`: the characters typed so far of the next word; only words starting with them are ranked
+        (case-insensitively unless `case_sensitive`), and `filter` holds how many matched and their mass.
+        `text` may then be empty (a line's first word, or with a session the word after what it has read:
+        nothing is written). `words_only`: no `<unk>`, punctuation or corpus placeholders."""
+        body = _fields(text=text, model=model, top_k=top_k, session_id=session_id, scores=scores, prefix=prefix,
+                       case_sensitive=case_sensitive, words_only=words_only)
         return self._call("POST", "/predict", body, _if_match(if_version)).json()
+
+    def suggest(self, typed: str, model: str | None = None, top_k: int | None = None,
+                session_id: str | None = None, words_only: bool = True, case_sensitive: bool | None = None) -> dict:
+        """What a keyboard shows for `typed`, the text as typed so far: its trailing letters and digits are the
+        word in progress (`prefix`), the rest the complete words before it (`text`), as in `split_typed`. Words
+        only by default. With a session, `typed` is what to add to it: the complete words are fed, the prefix
+        never is."""
+        text, prefix = split_typed(typed)
+        return self.predict(text, model=model, top_k=top_k, session_id=session_id, prefix=prefix,
+                            case_sensitive=case_sensitive, words_only=words_only)
 
     def predict_batch(self, items: list[dict]) -> list[dict | APIError]:
         """POST /predict/batch: one answer per item, in order. Each item is a `predict` call's fields
-        (`text`, and optionally `model`, `top_k`, `session_id`); each answer is what `predict` returns,
+        (`text`, and optionally `model`, `top_k`, `session_id`, `prefix`, `case_sensitive`, `words_only`,
+        `if_version`); each answer is what `predict` returns,
         or, for an item that failed, its typed `APIError` (returned, not raised, so one bad item does not
         hide the others). A request the service refuses as a whole raises as usual."""
         results = self._call("POST", "/predict/batch", {"items": items}).json()["results"]
@@ -207,6 +228,17 @@ class Client:
         body = _fields(text=text, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        seed=seed, stop=stop)
         return Generation(self._http, session_id, body, _if_match(if_version))
+
+
+def split_typed(typed: str) -> tuple[str, str]:
+    """(the complete words, the word in progress) of a text as typed: the word in progress is its trailing
+    letters, digits and combining marks. `"The game began in Ja"` gives `("The game began in ", "Ja")`, `"in "`
+    gives `("in ", "")`, `"Ja"` gives `("", "Ja")`."""
+    start = len(typed)
+    while start and (typed[start - 1].isalnum() or unicodedata.category(typed[start - 1]).startswith("M")):
+        start -= 1
+    text = typed[:start]
+    return (text if text.strip() else ""), typed[start:]
 
 
 def _if_match(version: int | None) -> dict:
