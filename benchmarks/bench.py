@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.bundle import load_bundle  # noqa: E402
-from service.redis_server import RedisServer  # noqa: E402
+from service.process.redis_server import RedisServer  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 ENGINE_BATCHES = (1, 8, 16, 32, 64, 256)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import SESSIONS, Service, _sessions, prefix_cost  # noqa: E402
 from service.bundle import load_bundle  # noqa: E402
-from service.redis_server import RedisServer  # noqa: E402
+from service.process.redis_server import RedisServer  # noqa: E402
 
 
 def main() -> int:

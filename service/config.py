@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 _PREFIX = "NEXTWORD_"
 _SIZE = r"^[0-9]+(kb|mb|gb|k|m|g|b)?$"  # a redis.conf memory size; "0" = no limit
+PREFERRED_DEFAULT = "wikitext2-lstm"  # the shipped bundle a request without `model` gets, when it is served
 _UNPREFIXED = {"redis_url": "REDIS_URL", "prometheus_dir": "PROMETHEUS_MULTIPROC_DIR"}  # their customary names
 
 
@@ -122,6 +123,15 @@ class Settings(BaseModel):
                              f"NEXTWORD_CONNECTIONS={self.connections} for other requests (health checks included): "
                              "raise the connections or lower the streams")
         return self
+
+    def default_model_of(self, names: list[str]) -> str:
+        """The model a request that names none gets: NEXTWORD_DEFAULT_MODEL, else wikitext2-lstm if served, else the
+        first of `names` by name. ConfigError for a configured name that is not among them."""
+        fallback = PREFERRED_DEFAULT if PREFERRED_DEFAULT in names else sorted(names)[0]
+        if self.default_model and self.default_model not in names:
+            raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={self.default_model!r} is not a bundle in the models folder; "
+                              f"choose one of {', '.join(sorted(names))}, or leave it empty for {fallback!r}")
+        return self.default_model or fallback
 
     def describe(self) -> dict:
         """Settings safe to log: API keys reduced to a count."""

@@ -1,5 +1,5 @@
 """Builds the redis-py client for a Redis URL: the one place a client is made. Its users are the state store
-(`service.state`) and the embedded server's manager (`service.redis_server`, to PING and SHUTDOWN it); with them,
+(`service.state`) and the embedded server's manager (`service.process.redis_server`, to PING and SHUTDOWN it); with them,
 the only modules that import redis. Knows nothing of sessions.
 
     redis://[:password@]host:port/db, rediss://…, unix:///path?db=0

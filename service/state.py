@@ -409,7 +409,7 @@ class ExpiryWatcher:
     events are per node and this watches only the node the URL names.
 
     The watcher never sets `notify-keyspace-events`: that is the server's configuration (the embedded Redis has it
-    in the file `service.redis_server` writes; docker-compose.yml and deploy/ pass it; an external Redis needs it
+    in the file `service.process.redis_server` writes; docker-compose.yml and deploy/ pass it; an external Redis needs it
     from its operator), which survives a Redis restart and needs no CONFIG rights. When it starts counting, it
     reads the setting (CONFIG GET) and logs a warning if the events are off, or if the server refuses CONFIG
     (managed Redis), and counts anyway.

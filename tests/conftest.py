@@ -13,7 +13,7 @@ import pytest
 from service.config import Settings
 from service.http.app import create_app
 from service.redis_client import connect
-from service.redis_server import RedisServer
+from service.process.redis_server import RedisServer
 from service.state import SessionStore
 from tests.redis_topologies import LocalCluster, LocalSentinel
 from tests.servers import ServiceProcess
@@ -141,7 +141,7 @@ def tiny_bundle_copy(tiny_bundle, tmp_path) -> Path:
 
 # ======================================================================================
 # Redis fixtures (tests/test_state.py and anything that needs a session store): a real
-# redis-server child process (service/redis_server.py), cleaned before and after each test.
+# redis-server child process (service/process/redis_server.py), cleaned before and after each test.
 #   redis_server       session-scoped shared server (persist=False); never stop it in a test
 #   redis_url          its URL, FLUSHALL before and after the test
 #   session_store      a SessionStore on redis_url (ttl 60 s)

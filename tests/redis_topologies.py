@@ -1,5 +1,5 @@
 """Real local Redis topologies for tests, on 127.0.0.1 only, from the same redis-server binary as the rest of the
-suite (service/redis_server.py): a 3-master Redis Cluster, and a Sentinel set-up (a master, two replicas, three
+suite (service/process/redis_server.py): a 3-master Redis Cluster, and a Sentinel set-up (a master, two replicas, three
 sentinels). Each `.url` is what the service takes as REDIS_URL."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis as redis_py
 
-from service.redis_server import RedisServer, find_redis_server
+from service.process.redis_server import RedisServer, find_redis_server
 
 MASTER_NAME = "nextword"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from service.redis_server import RedisServer
+from service.process.redis_server import RedisServer
 from tests.servers import wait_for
 
 BINARY = "application/octet-stream"

@@ -23,7 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
-from service.redis_server import NOTIFY_KEYSPACE_EVENTS
+from service.process.redis_server import NOTIFY_KEYSPACE_EVENTS
 from service.errors import ERROR_TYPES
 from service.state import LEASE_KEY, OPERATIONS, ExpiryWatcher
 from tests.servers import ROOT, wait_for
@@ -351,7 +351,7 @@ def test_a_holder_that_lost_its_lease_stops_counting_and_a_lapsed_lease_is_taken
 def test_a_watcher_warns_when_redis_does_not_publish_expirations_and_counts_anyway(session_store, redis_url, caplog,
                                                                                   config):
     """The watcher reads notify-keyspace-events and never writes it: the server's configuration is the one place
-    (for the test Redis, the file service/redis_server.py writes)."""
+    (for the test Redis, the file service/process/redis_server.py writes)."""
     admin = session_store.client
     admin.config_set("notify-keyspace-events", "")
     admin.acl_setuser("limited", enabled=True, passwords=["+limited-pw"], keys=["*"], channels=["*"],

@@ -83,7 +83,7 @@ def test_console_scripts_point_at_callables(script):
 
 
 def test_serve_and_train_scripts_are_declared():
-    assert PROJECT["scripts"]["nextword-serve"] == "service.__main__:main"
+    assert PROJECT["scripts"]["nextword-serve"] == "service.process.launcher:main"
     assert PROJECT["scripts"]["nextword-train"] == "training.__main__:main"
 
 

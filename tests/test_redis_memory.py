@@ -8,7 +8,7 @@ import time
 import pytest
 import redis as redis_py
 
-from service.redis_server import MAXMEMORY_POLICY
+from service.process.redis_server import MAXMEMORY_POLICY
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of service/state.py and service/redis_server.py against a real redis-server."""
+"""Tests of service/state.py and service/process/redis_server.py against a real redis-server."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from service import redis_server as redis_server_module
 from service.errors import InternalError, SessionConflict, SessionNotFound, StateStoreUnavailable
-from service.redis_server import RedisServer, RedisServerError, find_redis_server
+from service.process.redis_server import RedisServer, RedisServerError, find_redis_server
 from service.state import FIELDS, KEY_PREFIX, SCRIPTS, SessionStore, session_key
 
 DIGEST = "ab" * 32
@@ -409,7 +409,7 @@ def test_a_refused_shutdown_is_said_and_sigterm_stops_the_server(tmp_path, caplo
     admin.config_set("requirepass", "pw")
     admin.close()
     pid = server.pid
-    with caplog.at_level("WARNING", logger="service.redis_server"):
+    with caplog.at_level("WARNING", logger="service.process.redis_server"):
         server.stop()
     assert not server.running
     with pytest.raises(ProcessLookupError):

@@ -15,7 +15,7 @@ import uuid
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import logs, metrics, preflight
+from service import logs, metrics
 from service.bundle import discover
 from service.config import ConfigError, Settings
 from service.engine import Engine
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     models = {b.name: Scheduler(ModelRuntime(b, settings.device, settings.ort_threads), settings.batch_max_size,
                                 settings.batch_wait_ms)
               for b in bundles}
-    default = preflight.default_model(settings.default_model, list(models))
+    default = settings.default_model_of(list(models))
     metrics.start_at_zero(list(models), OPERATIONS, [kind.code for kind in ERROR_TYPES])
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
     engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)

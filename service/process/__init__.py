@@ -1,2 +1,2 @@
-"""Process management: the gunicorn configuration and worker class. Apart from the serving path, which never
-imports it."""
+"""Process management, apart from the serving path (which never imports it): the launcher behind `python -m service`
+and its start-up checks, the embedded Redis, the gunicorn configuration and the gunicorn worker class."""

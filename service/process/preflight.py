@@ -3,8 +3,8 @@ model, the Redis URL, and (for an external Redis) that it answers. Knows nothing
 
 The launcher (`python -m service`) runs `check_models` and `check_redis` before it starts the embedded Redis or
 gunicorn, so a misconfiguration is one line naming the setting and what to do, exit status 2, and no port ever
-opened; without them every gunicorn worker would print a traceback after "Listening at". `create_app` picks the
-default model with `default_model` too, so the launcher and the workers cannot disagree about it.
+opened; without them every gunicorn worker would print a traceback after "Listening at". The default model comes
+from `Settings.default_model_of`, as in `create_app`, so the launcher and the workers cannot disagree about it.
 """
 
 from __future__ import annotations
@@ -16,22 +16,8 @@ from service.bundle import Bundle, BundleError, discover
 from service.config import ConfigError, Settings
 from service.redis_client import SCHEMES, connect
 
-PREFERRED_DEFAULT = "wikitext2-lstm"  # the shipped bundle a request without `model` gets, when it is served
 REDIS_WAIT_S = 5.0  # how long an external Redis may take to answer at start (a container started beside it)
 _TRAIN_HINT = "`make train` or `python -m training export` (docs/training.md)"
-
-
-def default_model(configured: str, names: list[str]) -> str:
-    """The model a request that names none gets: NEXTWORD_DEFAULT_MODEL, else wikitext2-lstm if served, else the
-    first by name. ConfigError for a configured name that is not among `names`."""
-    if configured and configured not in names:
-        raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={configured!r} is not a bundle in the models folder; choose one "
-                          f"of {', '.join(sorted(names))}, or leave it empty for {_fallback(names)!r}")
-    return configured or _fallback(names)
-
-
-def _fallback(names: list[str]) -> str:
-    return PREFERRED_DEFAULT if PREFERRED_DEFAULT in names else sorted(names)[0]
 
 
 def check_models(settings: Settings) -> list[Bundle]:
@@ -52,7 +38,7 @@ def check_models(settings: Settings) -> list[Bundle]:
         raise ConfigError(f"{shown}: {e}; fix or remove that bundle") from None
     except OSError as e:
         raise ConfigError(f"{shown}: cannot read it ({e.strerror or e})") from None
-    default_model(settings.default_model, [b.name for b in bundles])
+    settings.default_model_of([b.name for b in bundles])
     return bundles
 
 
