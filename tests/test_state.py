@@ -14,7 +14,7 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from service import redis_server as redis_server_module
+from service.process import redis_server as redis_server_module
 from service.errors import InternalError, SessionConflict, SessionNotFound, StateStoreUnavailable
 from service.process.redis_server import RedisServer, RedisServerError, find_redis_server
 from service.state import FIELDS, KEY_PREFIX, SCRIPTS, SessionStore, session_key
