@@ -93,6 +93,12 @@ class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+class ClientClosedRequest(ServiceError):
+    """The client went away before its answer was written; the work left for it was skipped. Nobody reads the
+    answer: the status (nginx's 499) is for logs and metrics."""
+    status, code = 499, "client_closed_request"
+
+
 class Overloaded(ServiceError):
     """Too many concurrent streams or queued steps."""
     status, code = 429, "overloaded"
@@ -152,6 +158,6 @@ class StateStoreFull(ServiceError):
 
 ERROR_TYPES = [InvalidInput, InvalidJSON, Unauthorized, NotFound, UnknownModel, SessionNotFound, MethodNotAllowed,
                NotAcceptable, SessionConflict, ModelMismatch, PreconditionFailed, PayloadTooLarge,
-               UnsupportedMediaType, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable,
+               UnsupportedMediaType, ClientClosedRequest, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable,
                MalformedRequest, RequestTimeout, URITooLong, ExpectationFailed, HeadersTooLarge,
                TransferCodingNotImplemented, StateStoreFull]

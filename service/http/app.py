@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if default not in models:
         raise ConfigError(f"NEXTWORD_DEFAULT_MODEL={default!r} is not among the loaded models {sorted(models)}")
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
-    engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
+    engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams,
+                    group_items=settings.max_batch_items)
 
     app = Flask("nextword")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

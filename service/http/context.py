@@ -1,4 +1,5 @@
-"""What a request handler reaches for: the worker's settings, engine and request shapes, stored on the Flask app."""
+"""What a request handler reaches for: the worker's settings, engine, request shapes and work budget, stored on the
+Flask app."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
+from service.budget import Budget
 from service.config import Settings
 from service.engine import Engine
 from service.http.shapes import Shapes, for_settings
@@ -16,9 +18,13 @@ class Services:
     settings: Settings
     engine: Engine
     shapes: Shapes = field(init=False)  # the request models for the settings' limits, built with the app
+    budget: Budget = field(init=False)  # the work one request may ask for (service/budget.py)
 
     def __post_init__(self) -> None:
         self.shapes = for_settings(self.settings)
+        s = self.settings
+        self.budget = Budget({name: m.bundle for name, m in self.engine.models.items()}, self.engine.default_model,
+                             s.max_request_tokens, s.max_request_predictions, s.max_response_bytes)
 
 
 def services() -> Services:
