@@ -20,7 +20,8 @@ Two stages come before it (`--stage` picks one; `all`, the default, runs the thr
 
 - `memory`: the outside probe's load, at the limits the service runs with: 40 concurrent `/predict/batch`
   requests, each of `NEXTWORD_MAX_BATCH_ITEMS` copies of `{"text": "The game", "top_k": k}` with the largest `k`
-  the work budget allows. It samples every worker's resident memory before (at rest, after warm-up), during (the
+  the work budget allows. It samples every worker's resident memory before (at rest, once each worker has served
+  batches at the limit: onnxruntime's arena grows to its largest call then), during (the
   peak, and the pod's total against the memory limit of deploy/base/deployment.yaml) and for 60 s after, and
   fails unless every worker is back within 20% of its level before and the total never passed the limit.
 - `abandon`: a batch whose client resets its connection (SO_LINGER 0) 0.3 s after sending it, then the same
@@ -312,13 +313,22 @@ class Soak:
         items = s.max_batch_items
         k = min(s.max_top_k, getattr(s, "max_request_predictions", s.max_top_k * items) // items)
         body = {"items": [{"text": "The game", "top_k": k}] * items}
-        http = requests.Session()
-        for _ in range(4 * self.args.workers):  # warm-up: every worker has served a batch at the limit
-            r = http.post(self.url + "/predict/batch", json=body, timeout=120)
-            if r.status_code != 200:
-                raise SystemExit(f"a batch at the limits was refused: {r.status_code} {r.text[:300]}")
-        time.sleep(3)
         workers = self.workers()
+        cpu_start = {p: _cpu_seconds(p) for p in workers}
+        for _ in range(20):  # warm-up until every worker has served batches at the limit (accept() picks the worker)
+            answers = []
+            warm = [threading.Thread(target=lambda: answers.append(
+                requests.post(self.url + "/predict/batch", json=body, timeout=120))) for _ in range(2 * len(workers))]
+            for t in warm:
+                t.start()
+            for t in warm:
+                t.join()
+            refused = [r for r in answers if r.status_code != 200]
+            if refused:
+                raise SystemExit(f"a batch at the limits was refused: {refused[0].status_code} {refused[0].text[:300]}")
+            if all(_cpu_seconds(p) - cpu_start[p] > 1.0 for p in workers):
+                break
+        time.sleep(3)
         rss = lambda: {p: _rss_by_pid(p).get(p, ("", 0.0))[1] for p in workers}  # noqa: E731
         before = rss()
         peak, pod_peak, sampling = dict(before), sum(before.values()), threading.Event()

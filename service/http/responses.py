@@ -3,9 +3,9 @@ session and prediction views, ETags and Server-Sent Events. Knows Flask's respon
 insides.
 
 An error has two shapes. The service's own, `{"error": {"code", "message", "field"}}`, everywhere but under
-`/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}`, so that the `openai` package's
-exceptions carry `param` (the OpenAI name of the field at fault: `prompt`, not `text`), `type` (`OPENAI_TYPES`) and
-`code` (the service's code). The status and headers are the same in both.
+`/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}` (`ServiceError.to_openai`), so
+that the `openai` package's exceptions carry `param` (the OpenAI name of the field at fault: `prompt`, not `text`),
+`type` and `code` (the service's code). The status and headers are the same in both.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from service.state import SessionRecord
 SSE = "text/event-stream"
 _IF_MATCH = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})')
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
-OPENAI_PREFIX = "/v1/"
-# OpenAI's error `type` by status (the rest of 4xx: invalid_request_error); the service's code goes in `code`
-OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
-OPENAI_PARAMS = {"text": "prompt"}  # the engine's words for a field -> OpenAI's parameter
+OPENAI_PREFIX = "/v1/"  # the OpenAI surface, whose errors have OpenAI's shape
 
 
 class FastJSON(JSONProvider):
@@ -48,17 +45,10 @@ class FastJSON(JSONProvider):
                                         mimetype="application/json")
 
 
-def openai_error(error: ServiceError) -> dict:
-    """The error in OpenAI's shape."""
-    kind = OPENAI_TYPES.get(error.status, "server_error" if error.status >= 500 else "invalid_request_error")
-    param = OPENAI_PARAMS.get(error.field, error.field)
-    return {"error": {"message": error.message, "type": kind, "param": param, "code": error.code}}
-
-
 def error_body(error: ServiceError) -> dict:
     """The error in the shape of the surface the request came to (OpenAI's under /v1/)."""
     if has_request_context() and (request.path + "/").startswith(OPENAI_PREFIX):
-        return openai_error(error)
+        return error.to_openai()
     return error.to_dict()
 
 
