@@ -113,17 +113,35 @@ def test_a_reset_batch_skips_its_remaining_steps_and_writes_nothing(paced):
     assert '"status": 499' in paced.log() and '"path": "/predict/batch"' in paced.log()
 
 
-@pytest.mark.parametrize("path", ["generate", "completions"])
-def test_a_reset_drained_generation_stops_and_commits_nothing(paced, path):
+def _generate(sid: str, seed: int) -> tuple[str, dict]:
+    return f"/sessions/{sid}/generate", {"text": "the cat", "max_tokens": 40, "seed": seed, "temperature": 100}
+
+
+def _complete(sid: str, seed: int) -> tuple[str, dict]:
+    return "/v1/completions", {"prompt": "the cat", "max_tokens": 40, "seed": seed, "temperature": 2,
+                               "session_id": sid}
+
+
+def _long_seed(url: str, request_) -> int:
+    """A seed whose generation runs to max_tokens (the tiny model often samples <eos> early)."""
+    for seed in range(500):
+        sid = requests.post(f"{url}/sessions", timeout=10).json()["session_id"]
+        path, body = request_(sid, seed)
+        answer = requests.post(url + path, json=body, timeout=30).json()
+        if (answer.get("finish_reason") or answer["choices"][0]["finish_reason"]) == "length":
+            return seed
+    pytest.fail("no seed of 500 generated 40 tokens")
+
+
+@pytest.mark.parametrize("request_", [_generate, _complete], ids=["generate", "completions"])
+def test_a_reset_drained_generation_stops_and_commits_nothing(service_factory, paced, request_):
+    seed = _long_seed(service_factory().url, request_)  # found on an unpaced server: the same model, the same words
     url = paced.url
     sid = requests.post(f"{url}/sessions", timeout=10).json()["session_id"]
-    if path == "generate":
-        target, body = f"/sessions/{sid}/generate", {"text": "the cat", "max_tokens": 200, "seed": 1}
-    else:
-        target, body = "/v1/completions", {"prompt": "the cat", "max_tokens": 200, "seed": 1, "session_id": sid}
     generated = "nextword_tokens_generated_total"
     start = _settled(url, generated)
-    _send_and_reset(url, target, body, after_s=0.5)  # 200 tokens at >= 50 ms each would take over 10 s
-    wait_for(lambda: _metric(url, "nextword_active_streams") == 0, timeout=3, what="the generation to stop")
-    assert _settled(url, generated) - start < 100
+    _send_and_reset(url, *request_(sid, seed), after_s=0.5)  # 40 tokens at >= 50 ms: over 2 s
+    wait_for(lambda: _metric(url, "nextword_active_streams") == 0, timeout=2, what="the generation to stop")
+    assert _settled(url, generated) - start < 30
     assert requests.get(f"{url}/sessions/{sid}", timeout=10).json()["version"] == 0
+    assert '"status": 499' in paced.log()
