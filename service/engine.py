@@ -161,6 +161,7 @@ class Engine:
         self.cas_retries = cas_retries
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
+        self._session_bytes: dict[str, int] = {}  # model -> bytes Redis takes per session, measured once
         # The session steps of concurrent requests: one pipelined read, one model call, one pipelined write; at most
         # `group_items` items (a distribution each) at once, so the memory a group holds is bounded.
         self._steps = GroupCommit(lambda calls: self._apply([c[0] for c in calls], [c[1] for c in calls],
@@ -524,6 +525,19 @@ class Engine:
         return Generation(self.store, record, scheduler, stream, fed, reading, slot, (state.after, log_probs), cancel)
 
     # --- session lifecycle -----------------------------------------------------------------------------------------
+
+    def session_size(self, name: str) -> dict:
+        """What one session of model `name` costs in Redis: `state_bytes` (the stored blob), `redis_bytes` (the whole
+        hash, measured by Redis once per worker; None while Redis cannot be asked) and `sessions_per_gib`."""
+        bundle = self.model(name).bundle
+        state = SessionState.nbytes(bundle.state_shape)
+        if name not in self._session_bytes:
+            try:
+                self._session_bytes[name] = self.store.measure(bundle.name, bundle.digest, state)
+            except ServiceError:
+                pass
+        used = self._session_bytes.get(name)
+        return {"state_bytes": state, "redis_bytes": used, "sessions_per_gib": (1 << 30) // used if used else None}
 
     def create_session(self, model: str | None, owner: str) -> SessionRecord:
         scheduler = self.model(model)

@@ -103,6 +103,21 @@ def _e503(*codes: str) -> dict:
                                            "schema": {"type": "integer", "minimum": 0}}})
 
 
+SESSION_SIZE = {
+    "type": "object",
+    "required": ["state_bytes", "redis_bytes", "sessions_per_gib"],
+    "description": "What one session of this model costs in Redis (docs/limits.md sizes Redis from it).",
+    "properties": {
+        "state_bytes": {"type": "integer", "minimum": 1, "description": "The stored state blob: the recurrent state "
+                                                                        "after and before the last token, and its id."},
+        "redis_bytes": {"type": ["integer", "null"], "description": "The whole session hash as Redis counts it "
+                                                                    "(MEMORY USAGE of a scratch session, measured once "
+                                                                    "per worker); null while Redis cannot be asked."},
+        "sessions_per_gib": {"type": ["integer", "null"], "description": "2^30 / redis_bytes."},
+    },
+}
+
+
 def _schemas(s: Settings) -> dict:
     session_view = {
         "type": "object",
@@ -126,7 +141,7 @@ def _schemas(s: Settings) -> dict:
     model_info = {
         "type": "object",
         "required": ["name", "architecture", "layers", "hidden_size", "embedding_size", "vocab_size", "version",
-                     "sha256", "text_convention", "metrics", "provider"],
+                     "sha256", "text_convention", "metrics", "provider", "session"],
         "properties": {
             "name": {"type": "string"},
             "architecture": {"type": "string", "examples": ["lstm", "rnn_tanh", "gru"]},
@@ -140,6 +155,7 @@ def _schemas(s: Settings) -> dict:
                                 "description": "How raw text is split into the corpus's tokens."},
             "metrics": {"type": "object", "description": "Perplexities measured on the exported ONNX file."},
             "provider": {"type": "string", "examples": ["CPUExecutionProvider", "CUDAExecutionProvider"]},
+            "session": SESSION_SIZE,
         },
     }
     token_event = {
@@ -278,9 +294,9 @@ def _schemas(s: Settings) -> dict:
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "unavailable"]},
                 "models": {"type": "array", "items": {
-                    "type": "object", "required": ["name", "provider", "version"],
+                    "type": "object", "required": ["name", "provider", "version", "session"],
                     "properties": {"name": {"type": "string"}, "provider": {"type": "string"},
-                                   "version": {"type": "string"}}}},
+                                   "version": {"type": "string"}, "session": SESSION_SIZE}}},
                 "redis": {"type": "string", "description": "`ok`, or why the session store is unavailable."},
             },
         },

@@ -23,8 +23,8 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     engine = services().engine
-    models = [{"name": name, "provider": m.runtime.provider, "version": m.bundle.digest[:12]}
-              for name, m in engine.models.items()]
+    models = [{"name": name, "provider": m.runtime.provider, "version": m.bundle.digest[:12],
+               "session": engine.session_size(name)} for name, m in engine.models.items()]
     try:
         engine.store.ping()
     except ServiceError as error:

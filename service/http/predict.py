@@ -75,13 +75,16 @@ def predict_batch():
 def models():
     engine = services().engine
     return jsonify({"default": engine.default_model, "models": [
-        {**m.bundle.info(), "provider": m.runtime.provider} for m in engine.models.values()]})
+        {**m.bundle.info(), "provider": m.runtime.provider, "session": engine.session_size(name)}
+        for name, m in engine.models.items()]})
 
 
 @bp.get("/models/<name>")
 def model(name: str):
-    m = services().engine.model(name)
-    return jsonify({**m.bundle.info(), "provider": m.runtime.provider, "manifest": m.bundle.manifest})
+    engine = services().engine
+    m = engine.model(name)
+    return jsonify({**m.bundle.info(), "provider": m.runtime.provider, "session": engine.session_size(m.bundle.name),
+                    "manifest": m.bundle.manifest})
 
 
 @bp.get("/models/<name>/vocab")
