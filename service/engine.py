@@ -7,6 +7,10 @@ prompt recompute the next-word distribution with one step instead of storing a v
 write is a compare-and-set on the session's version: a step that loses the race is re-run on the fresh state
 (`cas_retries` times, then 409), unless the caller named the version it expects (If-Match): then nothing is
 re-run and a moved version is 412, so a client retrying after a timeout never applies its words twice.
+
+A batch or a generation may carry its caller's cancellation (`Cancel`: anything with a cheap `.cancelled`): the
+engine checks it before each wave of steps and before writing, and the scheduler skips the steps of a caller that
+has gone; in a group of several callers' items, only that caller's items are dropped (`_apply`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from service.state import SessionRecord, SessionStore
 from service.tokenizer import detokenize, tokenize
 
 TOKEN_TIMEOUT_S = 30.0  # a stream whose next token takes longer than this has failed (the scheduler is stuck)
+SIZE_RETRY_S = 60.0  # a session size Redis could not measure is asked again after this long, not per request
 
 
 class Cancel(Protocol):
@@ -161,7 +166,7 @@ class Engine:
         self.cas_retries = cas_retries
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
-        self._session_bytes: dict[str, int] = {}  # model -> bytes Redis takes per session, measured once
+        self._session_bytes: dict[str, tuple[int | None, float]] = {}  # model -> (Redis bytes per session, when)
         # The session steps of concurrent requests: one pipelined read, one model call, one pipelined write; at most
         # `group_items` items (a distribution each) at once, so the memory a group holds is bounded.
         self._steps = GroupCommit(lambda calls: self._apply([c[0] for c in calls], [c[1] for c in calls],
@@ -526,17 +531,19 @@ class Engine:
 
     # --- session lifecycle -----------------------------------------------------------------------------------------
 
-    def session_size(self, name: str) -> dict:
+    def session_size(self, name: str, measure: bool = True) -> dict:
         """What one session of model `name` costs in Redis: `state_bytes` (the stored blob), `redis_bytes` (the whole
-        hash, measured by Redis once per worker; None while Redis cannot be asked) and `sessions_per_gib`."""
+        hash, measured by Redis once per worker; None while it cannot be: asked again after SIZE_RETRY_S, and not
+        at all with `measure` False) and `sessions_per_gib`."""
         bundle = self.model(name).bundle
         state = SessionState.nbytes(bundle.state_shape)
-        if name not in self._session_bytes:
+        used, at = self._session_bytes.get(name, (None, -SIZE_RETRY_S))
+        if measure and used is None and time.monotonic() - at >= SIZE_RETRY_S:
             try:
-                self._session_bytes[name] = self.store.measure(bundle.name, bundle.digest, state)
+                used = self.store.measure(bundle.name, bundle.digest, state)
             except ServiceError:
                 pass
-        used = self._session_bytes.get(name)
+            self._session_bytes[name] = (used, time.monotonic())
         return {"state_bytes": state, "redis_bytes": used, "sessions_per_gib": (1 << 30) // used if used else None}
 
     def create_session(self, model: str | None, owner: str) -> SessionRecord:
