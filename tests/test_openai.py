@@ -354,8 +354,8 @@ def test_errors_under_v1_carry_param_type_and_code_in_the_client(make_app):
         client.models.retrieve("gpt-4")
     assert (e.value.param, e.value.code) == ("model", "unknown_model")
     test = app.test_client()
-    assert _openai_error(test.get("/v1/chat/completions")) == {
-        "message": "no endpoint /v1/chat/completions", "type": "invalid_request_error", "param": None,
+    assert _openai_error(test.get("/v1/no-such-thing")) == {
+        "message": "no endpoint /v1/no-such-thing", "type": "invalid_request_error", "param": None,
         "code": "not_found"}
     assert _openai_error(test.get("/v1/completions"))["code"] == "method_not_allowed"
     assert _openai_error(test.post("/v1/completions", data="{", content_type="application/json"))["code"] == \
