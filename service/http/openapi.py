@@ -582,14 +582,21 @@ def _paths(s: Settings) -> dict:
     }
 
 
+WORKER_STATUSES = ("408", "413")  # answered by the HTTP worker (service/worker.py) before the app, in Error's shape
+
+
 def _openai_errors(paths: dict) -> dict:
-    """Errors under /v1/ (responses.OPENAI_PREFIX) are OpenAIError objects."""
+    """Errors under /v1/ (responses.OPENAI_PREFIX) are OpenAIError objects, except what the HTTP worker answers
+    before a request reaches the app (a body too large or too slow), which may be an Error."""
     for path, item in paths.items():
         if path.startswith("/v1/"):
             for operation in item.values():
                 for status, response in operation["responses"].items():
                     if int(status) >= 400:
-                        operation["responses"][status] = {**response, "content": _json(_ref("OpenAIError"))}
+                        schema = _ref("OpenAIError")
+                        if status in WORKER_STATUSES:
+                            schema = {"oneOf": [schema, _ref("Error")]}
+                        operation["responses"][status] = {**response, "content": _json(schema)}
     return paths
 
 
