@@ -60,6 +60,9 @@ class Settings(BaseModel):
     max_generate_tokens: int = Field(256, ge=1, le=100_000)  # ceiling on max_tokens of a generation (400 above it)
     max_streams: int = Field(1024, ge=1, le=100_000)  # open generations per worker (~0.1 MB each); beyond: 429 at once
     max_batch_items: int = Field(256, ge=1, le=100_000)  # items in one POST /predict/batch; beyond: 400
+    max_request_tokens: int = Field(4096, ge=1, le=10_000_000)  # tokens one request may have the model read or generate (every item, prompt, max_tokens and replay); beyond: 400 before any work (docs/limits.md)
+    max_request_predictions: int = Field(4096, ge=1, le=10_000_000)  # words one answer may list (sum of top_k over items, scores, token details, logprobs); beyond: 400 before any work
+    max_response_bytes: int = Field(4 << 20, ge=64 * 1024, le=1 << 30)  # bound on one answer's bytes, estimated from the request and the vocabularies; beyond: 400 before any work
     batch_max_size: int = Field(256, ge=1, le=4096)  # rows per onnxruntime call; every open stream advances each tick in calls of at most this
     batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)  # how long every call waits for more rows (a queue delay)
     cas_retries: int = Field(64, ge=0, le=10_000)  # re-runs of a step whose session changed underneath it, before 409

@@ -8,6 +8,10 @@ distribution with one step instead of storing a vocabulary-sized vector; such a 
 write is a compare-and-set on the session's version: a step that loses the race is re-run on the fresh state
 (`cas_retries` times, then 409), unless the caller named the version it expects (If-Match): then nothing is
 re-run and a moved version is 412, so a client retrying after a timeout never applies its words twice.
+
+A batch or a generation may carry its caller's cancellation (`Cancel`: anything with a cheap `.cancelled`): the
+engine checks it before each wave of steps and before writing, and the scheduler skips the steps of a caller that
+has gone; in a group of several callers' items, only that caller's items are dropped (`_apply`).
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
 from service import metrics
-from service.errors import (InvalidInput, ModelMismatch, Overloaded, PreconditionFailed, ServiceError,
-                            SessionConflict, UnknownModel)
+from service.errors import (ClientClosedRequest, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
+                            ServiceError, SessionConflict, UnknownModel)
 from service.group_commit import GroupCommit
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler, Stream
@@ -30,6 +35,22 @@ from service.state import SessionRecord, SessionStore
 from service.tokenizer import detokenize, tokenize
 
 TOKEN_TIMEOUT_S = 30.0  # a stream whose next token takes longer than this has failed (the scheduler is stuck)
+SIZE_RETRY_S = 60.0  # a session size Redis could not measure is asked again after this long, not per request
+
+
+class Cancel(Protocol):
+    """A caller's cancellation: `cancelled` turns True once nobody waits for the answer (a cheap check)."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+
+def _gone(cancel: "Cancel | None") -> bool:
+    return cancel is not None and cancel.cancelled
+
+
+def _abandoned() -> ClientClosedRequest:
+    return ClientClosedRequest("the client went away before its answer was written; nothing of it was written")
 
 
 @dataclass
@@ -137,7 +158,8 @@ class _Slot:
 
 class Engine:
     def __init__(self, models: dict[str, Scheduler], store: SessionStore, default_model: str,
-                 max_text_tokens: int = 512, cas_retries: int = 64, max_streams: int = 32):
+                 max_text_tokens: int = 512, cas_retries: int = 64, max_streams: int = 32,
+                 group_items: int | None = None):
         self.models = models
         self.store = store
         self.default_model = default_model
@@ -145,8 +167,11 @@ class Engine:
         self.cas_retries = cas_retries
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
-        # The session steps of concurrent requests: one pipelined read, one model call, one pipelined write.
-        self._steps = GroupCommit(lambda calls: self._apply([item for item, _ in calls], [owner for _, owner in calls]))
+        self._session_bytes: dict[str, tuple[int | None, float]] = {}  # model -> (Redis bytes per session, when)
+        # The session steps of concurrent requests: one pipelined read, one model call, one pipelined write; at most
+        # `group_items` items (a distribution each) at once, so the memory a group holds is bounded.
+        self._steps = GroupCommit(lambda calls: self._apply([c[0] for c in calls], [c[1] for c in calls],
+                                                            [c[2] for c in calls]), max_items=group_items)
 
     def close(self) -> None:
         for scheduler in self.models.values():
@@ -194,7 +219,7 @@ class Engine:
             log_probs, _ = scheduler.step(reading.ids)
             return Prediction(scheduler.bundle.name, reading, log_probs)
         if not scores:
-            return self._steps.run((BatchItem(text, session_id, model, if_version), owner))
+            return self._steps.run((BatchItem(text, session_id, model, if_version), owner, None))
         reading: Reading | None = None
 
         def feed(scheduler: Scheduler, state: SessionState):
@@ -278,15 +303,20 @@ class Engine:
 
     # --- batches ---------------------------------------------------------------------------------------------------
 
-    def predict_batch(self, items: list[BatchItem], owner: str) -> list["Prediction | ServiceError"]:
+    def predict_batch(self, items: list[BatchItem], owner: str, cancel: Cancel | None = None
+                      ) -> list["Prediction | ServiceError"]:
         """Each item as `predict` would answer it, or the error it failed with (the others still apply).
 
         Items naming the same session apply in item order, as one compare-and-set whose version grows by the number
         of items applied; every step of a wave (the n-th item of every session, and every stateless item) goes to
-        the schedulers at once, and Redis is read and written in one pipelined round trip each."""
+        the schedulers at once, and Redis is read and written in one pipelined round trip each.
+
+        Once `cancel` is cancelled, the model steps left are skipped and the items fail with ClientClosedRequest.
+        Commit rule: a session's items are written together or not at all, and nothing is written for a caller
+        found gone before the write (`_apply_chains`); a write made before it went stays made."""
         if all(item.text for item in items):
-            return self._steps.run_all([(item, owner) for item in items])  # with this worker's other session steps
-        return self._batch_with_peeks(items, owner)
+            return self._steps.run_all([(item, owner, cancel) for item in items])  # with this worker's other steps
+        return self._batch_with_peeks(items, owner, cancel)
 
     # --- where a text stands, without writing --------------------------------------------------------------------
 
@@ -324,7 +354,8 @@ class Engine:
                                                                                    outcome[0], record)
         return out
 
-    def _batch_with_peeks(self, items: list[BatchItem], owner: str) -> list["Prediction | ServiceError"]:
+    def _batch_with_peeks(self, items: list[BatchItem], owner: str, cancel: "Cancel | None"
+                          ) -> list["Prediction | ServiceError"]:
         """`predict_batch` for a batch holding items with an empty text. Items run in segments: a segment's empty
         items first, then its others, and an empty item on a session that its segment already fed starts the next
         segment, so each sees the session as the items before it left it."""
@@ -338,7 +369,7 @@ class Engine:
                 for i, outcome in zip(peeks, self._peek_many([items[i] for i in peeks], [owner] * len(peeks))):
                     results[i] = outcome
             if feeds:
-                for i, outcome in zip(feeds, self._steps.run_all([(items[i], owner) for i in feeds])):
+                for i, outcome in zip(feeds, self._steps.run_all([(items[i], owner, cancel) for i in feeds])):
                     results[i] = outcome
             peeks.clear()
             feeds.clear()
@@ -356,14 +387,17 @@ class Engine:
         flush()
         return results
 
-    def _apply(self, items: list[BatchItem], owners: list[str]) -> list["Prediction | ServiceError"]:
+    def _apply(self, items: list[BatchItem], owners: list[str], cancels: list) -> list["Prediction | ServiceError"]:
         """`predict_batch` for items of several callers: each item is read and written as its own owner (a session
-        named by two owners is two chains, and the foreign one finds no session)."""
+        named by two owners is two chains, and the foreign one finds no session), and is dropped once its own
+        caller has gone (`cancels`), whatever the others' callers do."""
         results: list = [None] * len(items)
         chains: dict[tuple[str, str], list[int]] = {}
         stateless = []  # (result index, scheduler, reading)
         for i, item in enumerate(items):
-            if item.session_id is None:
+            if _gone(cancels[i]):
+                results[i] = _abandoned()
+            elif item.session_id is None:
                 try:
                     scheduler = self.model(item.model)
                     stateless.append((i, scheduler, self.read(scheduler, item.text)))
@@ -371,7 +405,8 @@ class Engine:
                     results[i] = e
             else:
                 chains.setdefault((owners[i], item.session_id), []).append(i)
-        outcomes = self._feed_many([(scheduler, reading.ids, None) for _, scheduler, reading in stateless])
+        outcomes = self._feed_many([(scheduler, reading.ids, None) for _, scheduler, reading in stateless],
+                                   [cancels[i] for i, _, _ in stateless])
         for (i, scheduler, reading), outcome in zip(stateless, outcomes):
             results[i] = outcome if isinstance(outcome, ServiceError) else Prediction(scheduler.bundle.name, reading,
                                                                                        outcome[0])
@@ -380,7 +415,7 @@ class Engine:
         for attempt in range(self.cas_retries + 1):
             if not pending:
                 break
-            pending = self._apply_chains(pending, items, results, readings)
+            pending = self._apply_chains(pending, items, results, readings, cancels)
             if pending:
                 time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         for indices in pending.values():  # still conflicting after every retry
@@ -389,22 +424,31 @@ class Engine:
                                              "while this request ran; retry", field="session_id")
         return results
 
-    def _feed_many(self, jobs: list[tuple[Scheduler, np.ndarray, "SessionState | None"]]) -> list:
+    def _feed_many(self, jobs: list[tuple[Scheduler, np.ndarray, "SessionState | None"]],
+                   cancels: list | None = None) -> list:
         """`_feed` for many (scheduler, ids, state or None for a stateless step) at once: (log_probs, SessionState) or
         the ServiceError of each. Each scheduler gets all its steps of a phase (prompt prefixes, then last tokens) in
-        one submission, so they share its calls."""
-        out: list = [None] * len(jobs)
+        one submission, so they share its calls. A job whose caller has gone (`cancels[j]`) before a phase is
+        submitted fails with ClientClosedRequest; the scheduler skips its steps already queued."""
+        cancels = cancels or [None] * len(jobs)
+        out: list = [_abandoned() if _gone(cancel) else None for cancel in cancels]
         prefixes = self._submit_many({j: (scheduler, ids[:-1], state.after, False) for j, (scheduler, ids, state)
-                                      in enumerate(jobs) if len(ids) > 1 and state is not None}, out)
+                                      in enumerate(jobs) if len(ids) > 1 and state is not None and out[j] is None},
+                                     out, cancels)
         befores = {}
         for j, (scheduler, ids, state) in enumerate(jobs):
+            if out[j] is not None:
+                continue
+            if _gone(cancels[j]):
+                out[j] = _abandoned()
+                continue
             try:
                 befores[j] = prefixes[j].wait(scheduler.timeout)[1] if j in prefixes else (
                     state.after if state is not None else None)
             except ServiceError as e:
                 out[j] = e
         lasts = self._submit_many({j: (scheduler, ids if state is None else ids[-1:], befores[j], True)
-                                   for j, (scheduler, ids, state) in enumerate(jobs) if out[j] is None}, out)
+                                   for j, (scheduler, ids, state) in enumerate(jobs) if out[j] is None}, out, cancels)
         for j, step in lasts.items():
             scheduler, ids, state = jobs[j]
             try:
@@ -415,9 +459,10 @@ class Engine:
         return out
 
     @staticmethod
-    def _submit_many(steps: dict[int, tuple[Scheduler, np.ndarray, "np.ndarray | None", bool]], out: list) -> dict:
-        """{job: (scheduler, tokens, state, with_log_probs)} -> {job: Step}, one submission per scheduler; a refused
-        submission (Overloaded) is the error of each of its jobs."""
+    def _submit_many(steps: dict[int, tuple[Scheduler, np.ndarray, "np.ndarray | None", bool]], out: list,
+                     cancels: list) -> dict:
+        """{job: (scheduler, tokens, state, with_log_probs)} -> {job: Step}, one submission per scheduler, each step
+        with its job's cancellation; a refused submission (Overloaded) is the error of each of its jobs."""
         by_scheduler: dict[int, list[int]] = {}
         for j, (scheduler, *_) in steps.items():
             by_scheduler.setdefault(id(scheduler), []).append(j)
@@ -425,7 +470,7 @@ class Engine:
         for jobs in by_scheduler.values():
             scheduler = steps[jobs[0]][0]
             try:
-                made = scheduler.submit_many([steps[j][1:] for j in jobs])
+                made = scheduler.submit_many([steps[j][1:] for j in jobs], [cancels[j] for j in jobs])
             except ServiceError as e:
                 for j in jobs:
                     out[j] = e
@@ -433,10 +478,12 @@ class Engine:
             submitted.update(zip(jobs, made))
         return submitted
 
-    def _apply_chains(self, chains: dict[tuple[str, str], list[int]], items, results,
-                      readings) -> dict[tuple[str, str], list[int]]:
+    def _apply_chains(self, chains: dict[tuple[str, str], list[int]], items, results, readings,
+                      cancels: list) -> dict[tuple[str, str], list[int]]:
         """One attempt at every session's chain of items (keyed by (owner, session id)): load all, step wave by wave,
-        compare-and-set all. Returns the chains that lost a race (to re-run)."""
+        compare-and-set all. Returns the chains to re-run: those that lost a race, and those that applied an item
+        of a caller found gone before the write, without that caller's items (two callers with one key may share
+        a chain: the one who stays gets its items written on a state without the other's)."""
         keys = list(chains)
         loaded = dict(zip(keys, self.store.get_many([sid for _, sid in keys], [owner for owner, _ in keys])))
         states: dict[tuple[str, str], tuple] = {}  # key -> (record, scheduler, current state, applied [(i, tokens)])
@@ -457,6 +504,9 @@ class Engine:
                 while position[key] < len(chains[key]):
                     i = chains[key][position[key]]
                     position[key] += 1
+                    if _gone(cancels[i]):
+                        results[i] = _abandoned()
+                        continue
                     try:
                         item = items[i]
                         if item.model is not None and item.model != record.model:
@@ -470,7 +520,8 @@ class Engine:
                         results[i] = e
             if not wave:
                 break
-            outcomes = self._feed_many([(scheduler, ids, state) for _, _, scheduler, ids, state in wave])
+            outcomes = self._feed_many([(scheduler, ids, state) for _, _, scheduler, ids, state in wave],
+                                       [cancels[i] for _, i, _, _, _ in wave])
             for (key, i, scheduler, ids, _), outcome in zip(wave, outcomes):
                 record, _, state, applied = states[key]
                 if isinstance(outcome, ServiceError):
@@ -478,10 +529,19 @@ class Engine:
                     continue
                 results[i] = outcome[0]  # log_probs for now; a Prediction once committed
                 states[key] = (record, scheduler, outcome[1], applied + [(i, len(ids))])
-        written = [key for key, (*_, applied) in states.items() if applied]
+        conflicts: dict[tuple[str, str], list[int]] = {}
+        written = []
+        for key, (*_, applied) in states.items():  # a gone caller's items are never written
+            gone = {i for i, _ in applied if _gone(cancels[i])}  # asked once: the answer may change meanwhile
+            for i in gone:
+                results[i] = _abandoned()
+            if gone:
+                if len(gone) < len(applied):
+                    conflicts[key] = [i for i, _ in applied if i not in gone]
+            elif applied:
+                written.append(key)
         writes = [(record.session_id, record.version, state.encode(), sum(n for _, n in applied), len(applied))
                   for record, _, state, applied in (states[key] for key in written)]
-        conflicts: dict[tuple[str, str], list[int]] = {}
         now = time.time()
         for key, outcome in zip(written, self.store.compare_and_set_many(writes)):
             record, scheduler, _, applied = states[key]
@@ -513,8 +573,10 @@ class Engine:
     # --- generation ------------------------------------------------------------------------------------------------
 
     def start_generation(self, session_id: str, owner: str, prompt: str | None, params: SamplingParams,
-                         max_tokens: int, stop: list[str], if_version: int | None = None) -> "Generation":
-        """Checks and loads everything a generation needs and starts its stream, raising before any event exists."""
+                         max_tokens: int, stop: list[str], if_version: int | None = None,
+                         cancel: Cancel | None = None) -> "Generation":
+        """Checks and loads everything a generation needs and starts its stream, raising before any event exists.
+        With `cancel`, a caller found gone stops the generation at its next token, and it commits nothing."""
         if not self._streams.acquire(blocking=False):
             raise Overloaded(f"this worker already runs {self.max_streams} generations; retry shortly",
                              retry_after=1)
@@ -536,13 +598,30 @@ class Engine:
                 fed = 0
             stop_ids = frozenset(bundle.index[w] for w in stop if w in bundle.index)
             stream = Stream(state.after, log_probs, params, max_tokens, stop_ids, bundle.eos)
+            if _gone(cancel):
+                raise _abandoned()
             scheduler.start(stream)
         except BaseException:
             slot.release()
             raise
-        return Generation(self.store, record, scheduler, stream, fed, reading, slot, (state.after, log_probs))
+        return Generation(self.store, record, scheduler, stream, fed, reading, slot, (state.after, log_probs), cancel)
 
     # --- session lifecycle -----------------------------------------------------------------------------------------
+
+    def session_size(self, name: str, measure: bool = True) -> dict:
+        """What one session of model `name` costs in Redis: `state_bytes` (the stored blob), `redis_bytes` (the whole
+        hash, measured by Redis once per worker; None while it cannot be: asked again after SIZE_RETRY_S, and not
+        at all with `measure` False) and `sessions_per_gib`."""
+        bundle = self.model(name).bundle
+        state = SessionState.nbytes(bundle.state_shape)
+        used, at = self._session_bytes.get(name, (None, -SIZE_RETRY_S))
+        if measure and used is None and time.monotonic() - at >= SIZE_RETRY_S:
+            try:
+                used = self.store.measure(bundle.name, bundle.digest, state)
+            except ServiceError:
+                pass
+            self._session_bytes[name] = (used, time.monotonic())
+        return {"state_bytes": state, "redis_bytes": used, "sessions_per_gib": (1 << 30) // used if used else None}
 
     def create_session(self, model: str | None, owner: str) -> SessionRecord:
         scheduler = self.model(model)
@@ -567,12 +646,15 @@ class Generation:
     from, holding the prompt and every generated token (the one that ended it included); `Done` shows the session
     as written. A generation that fails, or that is closed before that (the client went away), writes nothing, not
     even its prompt: the session stays as it was, and the same request can be sent again. Another request changing
-    the session meanwhile makes the commit fail (`session_conflict`) and nothing is written either.
+    the session meanwhile makes the commit fail (`session_conflict`) and nothing is written either. With a
+    cancellation (`cancel`), a caller found gone after a token or before the commit ends it the same way
+    (ClientClosedRequest): the drained (non-streaming) answer's client, whose leaving no write would reveal.
     """
 
     def __init__(self, store: SessionStore, record: SessionRecord, scheduler: Scheduler, stream: Stream, fed: int,
-                 reading: Reading | None, slot: _Slot, start: tuple[np.ndarray, np.ndarray]):
+                 reading: Reading | None, slot: _Slot, start: tuple[np.ndarray, np.ndarray], cancel: Cancel | None = None):
         self.store, self.record, self.scheduler, self.stream = store, record, scheduler, stream
+        self.cancel = cancel
         self.fed, self.reading, self._slot = fed, reading, slot
         self._replay = (*start, 0, -1)  # (state, log_probs, index of the next token asked for, the token before it)
         self.model = scheduler.bundle.name
@@ -586,6 +668,8 @@ class Generation:
         try:
             while True:
                 kind, *rest = self.stream.next_event(TOKEN_TIMEOUT_S)
+                if _gone(self.cancel):
+                    raise _abandoned()
                 if kind == "token":
                     token, probability = rest
                     word = bundle.words[token]

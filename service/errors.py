@@ -2,7 +2,8 @@
 
 Every `ServiceError` carries what the edge needs: `status`, `code`, a message that names the field, the field,
 and an optional retry hint in seconds. Only `service/http` turns them into responses (the JSON body
-`{"error": {"code", "message", "field"}}`, a `Retry-After` header from `retry_after`) and into SSE error events.
+`{"error": {"code", "message", "field"}}`, a `Retry-After` header from `retry_after`) and into SSE error events;
+under /v1/ the body is OpenAI's `{"error": {"message", "type", "param", "code"}}` (`to_openai`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ class ServiceError(Exception):
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+    def to_openai(self) -> dict:
+        """OpenAI's shape: `type` by status (OPENAI_TYPES), `param` the OpenAI name of the field, `code` ours."""
+        kind = OPENAI_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": OPENAI_PARAMS.get(self.field, self.field),
+                          "code": self.code}}
+
+
+# OpenAI's error `type` by status; any other 4xx is invalid_request_error, any other 5xx server_error
+OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
+OPENAI_PARAMS = {"text": "prompt"}  # a field in the engine's words -> OpenAI's parameter
 
 
 # The table: domain error -> (HTTP status, stable error code).
@@ -93,6 +105,12 @@ class UnsupportedMediaType(ServiceError):
     status, code = 415, "unsupported_media_type"
 
 
+class ClientClosedRequest(ServiceError):
+    """The client went away before its answer was written; the work left for it was skipped. Nobody reads the
+    answer: the status (nginx's 499) is for logs and metrics."""
+    status, code = 499, "client_closed_request"
+
+
 class Overloaded(ServiceError):
     """Too many concurrent streams or queued steps."""
     status, code = 429, "overloaded"
@@ -152,6 +170,6 @@ class StateStoreFull(ServiceError):
 
 ERROR_TYPES = [InvalidInput, InvalidJSON, Unauthorized, NotFound, UnknownModel, SessionNotFound, MethodNotAllowed,
                NotAcceptable, SessionConflict, ModelMismatch, PreconditionFailed, PayloadTooLarge,
-               UnsupportedMediaType, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable,
+               UnsupportedMediaType, ClientClosedRequest, Overloaded, InternalError, StateStoreUnavailable, ModelUnavailable,
                MalformedRequest, RequestTimeout, URITooLong, ExpectationFailed, HeadersTooLarge,
                TransferCodingNotImplemented, StateStoreFull]

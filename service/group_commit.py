@@ -5,7 +5,10 @@ sessions, models, Redis or HTTP.
 everything queued (its own item first) and calls `process(items)` once for all of them, on its own thread. Callers
 that arrive meanwhile wait; when the leader is done, it hands what it did to each of them and passes the lead to
 the oldest one still queued, whose batch is everything that arrived during the previous one. Under load, batches
-grow by themselves; a lone caller processes its own item at once, with no thread hop and no wait.
+grow by themselves; a lone caller processes its own item at once, with no thread hop and no wait. With
+`max_items`, a batch takes the oldest callers whose items fit in it (always at least one caller), and the others
+wait for the next: what one batch holds at once (the engine: a distribution per item) stays bounded however many
+callers queue.
 
 The engine uses it so that the session steps of concurrent `/predict` requests of one worker cost one pipelined
 Redis read, one model call and one pipelined Redis write between them (`Engine._apply`), as a database's group
@@ -40,8 +43,9 @@ class GroupCommit:
     """Runs `process(items) -> results` (one result per item, in order; a result may be an exception object) over
     the items of concurrent `run` and `run_all` calls."""
 
-    def __init__(self, process: Callable[[list], list]):
+    def __init__(self, process: Callable[[list], list], max_items: int | None = None):
         self._process = process
+        self._max_items = max_items
         self._lock = threading.Lock()
         self._queue: list[_Entry] = []
         self._leading = False
@@ -64,8 +68,8 @@ class GroupCommit:
             entry.wait()
             if not entry.lead:
                 return self._outcome(entry)
-        with self._lock:  # leading: the batch is everything queued, this caller's item first
-            batch, self._queue = self._queue, []
+        with self._lock:  # leading: the batch is what is queued (up to max_items), this caller's items first
+            batch, self._queue = self._split(self._queue)
         items = [item for e in batch for item in e.item]
         try:
             results = self._process(items)
@@ -89,6 +93,15 @@ class GroupCommit:
             if e is not entry:
                 e.wake()
         return self._outcome(entry)
+
+    def _split(self, queue: list[_Entry]) -> tuple[list[_Entry], list[_Entry]]:
+        """(the oldest entries whose items fit in max_items, at least one; the rest)."""
+        if self._max_items is None:
+            return queue, []
+        size, n = len(queue[0].item), 1
+        while n < len(queue) and size + len(queue[n].item) <= self._max_items:
+            size, n = size + len(queue[n].item), n + 1
+        return queue[:n], queue[n:]
 
     @staticmethod
     def _outcome(entry: _Entry):

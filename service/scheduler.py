@@ -18,8 +18,10 @@ Two kinds of work arrive on one queue:
   until it catches up; one that reaches its limit, `<eos>` or a stop word leaves after
   the call that fed its last token, with its final state.
 Whatever arrives while a call runs joins the next one, so batches grow with load; a caller's steps arrive as one
-submission, so they share a call. `batch_wait` delays every call a moment for more rows, as Triton's queue delay
-(0 by default; tests use it to pace streams).
+submission, so they share a call. A step may carry its caller's cancellation (anything with a `.cancelled`): one
+whose caller has gone when its call is being formed is skipped, and finishes with `ClientClosedRequest`.
+`batch_wait` delays every call a moment for more rows, as Triton's queue delay (0 by default; tests use it to pace
+streams).
 A row's result never depends on the other rows of its call.
 """
 
@@ -33,7 +35,7 @@ import time
 import numpy as np
 
 from service import metrics
-from service.errors import ModelUnavailable, Overloaded
+from service.errors import ClientClosedRequest, ModelUnavailable, Overloaded
 from service.offload import offloader
 from service.runtime import ModelRuntime
 from service.sampling import SamplingParams, make_rng, sample_rows
@@ -47,12 +49,13 @@ READER_POLL_S = 0.01  # how soon a loop whose streams all wait for their readers
 class Step:
     """One step: a caller waits on it (`wait`); the scheduler thread completes it (`finish`) exactly once."""
 
-    __slots__ = ("tokens", "state", "with_log_probs", "queued_at", "_result", "_error", "_done")
+    __slots__ = ("tokens", "state", "with_log_probs", "cancel", "queued_at", "_result", "_error", "_done")
 
-    def __init__(self, tokens: np.ndarray, state: np.ndarray, with_log_probs: bool = True):
+    def __init__(self, tokens: np.ndarray, state: np.ndarray, with_log_probs: bool = True, cancel=None):
         self.tokens = tokens  # (seq,) int64
         self.state = state  # (tensors, layers, hidden) float32
         self.with_log_probs = with_log_probs
+        self.cancel = cancel  # the caller's cancellation (`.cancelled`), or None
         self.queued_at = time.perf_counter()
         self._result = None
         self._error: BaseException | None = None
@@ -139,14 +142,17 @@ class Scheduler:
         """Queues a step."""
         return self.submit_many([(tokens, state, with_log_probs)])[0]
 
-    def submit_many(self, steps: list[tuple[np.ndarray, "np.ndarray | None", bool]]) -> list[Step]:
+    def submit_many(self, steps: list[tuple[np.ndarray, "np.ndarray | None", bool]], cancels: list | None = None
+                    ) -> list[Step]:
         """Queues several (tokens, state or None, with_log_probs) steps at once: the scheduler takes them in one go, so
-        those of equal length share a call (a caller's steps never straggle into separate calls)."""
+        those of equal length share a call (a caller's steps never straggle into separate calls). `cancels`: each
+        step's caller's cancellation, or None."""
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.bundle.name} has {self.max_queue} submissions of steps queued; retry "
                              "shortly", retry_after=1)
+        cancels = cancels or [None] * len(steps)
         made = [Step(np.ascontiguousarray(tokens, dtype=np.int64), self.runtime.zero_state() if state is None else state,
-                     with_log_probs) for tokens, state, with_log_probs in steps]
+                     with_log_probs, cancel) for (tokens, state, with_log_probs), cancel in zip(steps, cancels)]
         self._queue.put(made)
         return made
 
@@ -218,10 +224,17 @@ class Scheduler:
         return True
 
     def _take(self, length: int, limit: int) -> list[Step]:
-        """Up to `limit` pending steps of `length` tokens, oldest first."""
+        """Up to `limit` pending steps of `length` tokens, oldest first; those of a caller that has gone are finished
+        with ClientClosedRequest instead."""
         taken, kept = [], []
         for step in self._pending:
-            (taken if len(taken) < limit and len(step.tokens) == length else kept).append(step)
+            if len(taken) < limit and len(step.tokens) == length:
+                if step.cancel is not None and step.cancel.cancelled:
+                    step.finish(error=ClientClosedRequest("the client went away; its model steps were skipped"))
+                    continue
+                taken.append(step)
+            else:
+                kept.append(step)
         self._pending = kept
         now = time.perf_counter()
         for step in taken:
@@ -230,6 +243,8 @@ class Scheduler:
 
     def _run_group(self) -> None:
         group = self._take(len(self._pending[0].tokens), self.batch_max)
+        if not group:  # every step taken was a gone caller's
+            return
         try:
             log_probs, new = self._native(self._call, [s.tokens for s in group], [s.state for s in group],
                                           any(s.with_log_probs for s in group))

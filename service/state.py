@@ -39,6 +39,7 @@ from service.redis_client import connect, database, is_cluster_client
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "nextword:session:"
+MEASURE_PREFIX = "nextword:measure:"  # a scratch session for `measure`: a name as long as a session's, never one
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")  # token_urlsafe alphabet; 22 chars = 132 bits, the least we accept
 
 # The one list of a session's hash fields: scripts read them in this order (passed in ARGV, rq-style) and
@@ -308,6 +309,19 @@ class SessionStore:
         if values is None:
             raise _not_found()
         return _record(session_id, values, 0)
+
+    def measure(self, model: str, digest: str, state_bytes: int) -> int:
+        """Bytes Redis takes for one session whose state has `state_bytes` bytes (`MEMORY USAGE` of a scratch
+        session written as `create` writes one, with an owner, then deleted at once): the state blob, the other
+        fields, the hash's overhead and the allocator's rounding, as this Redis counts them."""
+        key = MEASURE_PREFIX + self.new_id()
+        with self._call("measure"):
+            try:
+                self._create(keys=[key], args=[model, digest, "0" * 64, bytes(state_bytes), _num(time.time()),
+                                               self.ttl])
+                return int(self.client.memory_usage(key, samples=0))
+            finally:
+                self.client.delete(key)
 
     @property
     def full_at(self) -> float:

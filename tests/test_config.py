@@ -23,7 +23,8 @@ def test_every_variable_is_read(tmp_path):
            "NEXTWORD_SESSION_TTL_SECONDS": "7", "NEXTWORD_MAX_TEXT_TOKENS": "9", "NEXTWORD_MAX_BODY_BYTES": "1000",
            "NEXTWORD_MAX_TOP_K": "11", "NEXTWORD_MAX_GENERATE_TOKENS": "12", "NEXTWORD_MAX_STREAMS": "13",
            "NEXTWORD_BATCH_MAX_SIZE": "14", "NEXTWORD_MAX_BATCH_ITEMS": "15", "NEXTWORD_BATCH_WAIT_MS": "0.5",
-           "NEXTWORD_CAS_RETRIES": "0",
+           "NEXTWORD_CAS_RETRIES": "0", "NEXTWORD_MAX_REQUEST_TOKENS": "16", "NEXTWORD_MAX_REQUEST_PREDICTIONS": "17",
+           "NEXTWORD_MAX_RESPONSE_BYTES": "70000",
            "NEXTWORD_API_KEYS": " a, b ,", "NEXTWORD_LOG_LEVEL": "DEBUG", "NEXTWORD_LOG_TEXT": "yes",
            "NEXTWORD_GRACEFUL_TIMEOUT": "4", "PROMETHEUS_MULTIPROC_DIR": "/p", "NEXTWORD_API_KEYS_FILE": "",
            "NEXTWORD_CORS_ORIGINS": "*", "NEXTWORD_REQUEST_READ_TIMEOUT_S": "2.5", "NEXTWORD_REDIS_MAXMEMORY": "1gb",
@@ -38,6 +39,7 @@ def test_every_variable_is_read(tmp_path):
     assert s.max_batch_items == 15 and s.batch_wait_ms == 0.5 and s.api_keys == ("a", "b") and s.log_level == "debug" and s.log_text
     assert s.prometheus_dir == Path("/p") and s.cors_origins == ("*",) and s.request_read_timeout_s == 2.5
     assert s.redis_maxmemory == "1gb" and s.api_keys_file is None and s.send_timeout_s == 7.5
+    assert (s.max_request_tokens, s.max_request_predictions, s.max_response_bytes) == (16, 17, 70000)
 
 
 @pytest.mark.parametrize("name, value", [

@@ -734,3 +734,13 @@ def test_nginx_accepts_the_proxy_config(tmp_path):
                                                                       f"server 127.0.0.1:{PORT};"))
     result = _run(nginx, "-t", "-q", "-c", str(conf), "-e", str(tmp_path / "error.log"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_api_pods_memory_follows_docs_limits():
+    """docs/limits.md: 2 workers at rest and under load (~0.85 GB) fit the request, and the limit keeps half again
+    over the worst case the work budget allows (2 x 500 MB)."""
+    [deployment] = [r for r in _resources() if r["kind"] == "Deployment" and r["metadata"]["name"] == "nextword"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    resources = container["resources"]
+    assert 0.85 * 1024 <= _mebibytes(resources["requests"]["memory"]) <= _mebibytes(resources["limits"]["memory"])
+    assert _mebibytes(resources["limits"]["memory"]) >= 1.5 * 1000

@@ -10,8 +10,8 @@ import pytest
 
 from service.bundle import Bundle
 from service.engine import BatchItem, Done, Engine, SessionState, Token
-from service.errors import (InvalidInput, ModelMismatch, Overloaded, PreconditionFailed, ServiceError,
-                            SessionConflict, UnknownModel)
+from service.errors import (ClientClosedRequest, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
+                            ServiceError, SessionConflict, UnknownModel)
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
 
@@ -298,3 +298,56 @@ def test_stop_words_and_stream_cap(engine):
         g.close()
     engine.start_generation(sid, "", None, SamplingParams(), 1, []).close()
     assert engine._streams._value == 2
+
+
+class Flag:
+    """A caller's cancellation, flipped by the test."""
+
+    def __init__(self, cancelled: bool = False):
+        self.cancelled = cancelled
+
+
+def test_a_gone_callers_batch_runs_no_step_and_writes_nothing(engine, session_store, fake):
+    sid = engine.create_session(None, "").session_id
+    results = engine.predict_batch([BatchItem("the cat", sid), BatchItem("sat"), BatchItem("on", sid)], "",
+                                   Flag(cancelled=True))
+    assert all(isinstance(r, ClientClosedRequest) for r in results)
+    assert fake.calls == [] and session_store.get(sid, "").version == 0
+
+
+def test_one_callers_leaving_drops_only_its_items_from_a_shared_group(engine, session_store, fake, monkeypatch):
+    """Two callers (one key) in one group commit, both on session s: A's item is stepped first, then A goes. At the
+    write, s's chain is re-run without A's item, so B's item is written on the state without it, and B's other
+    items are untouched; nothing of A's is written."""
+    sid = engine.create_session(None, "").session_id
+    a, b = Flag(), Flag()
+    real = fake.run
+
+    def run(tokens, states, with_log_probs=True):
+        out = real(tokens, states, with_log_probs)
+        if len(fake.calls) == 2:  # A's session item (the chain's first wave) has just been stepped
+            a.cancelled = True
+        return out
+
+    monkeypatch.setattr(fake, "run", run)
+    items = [BatchItem("dog"), BatchItem("the", sid), BatchItem("cat", sid), BatchItem("mat")]
+    results = engine._apply(items, ["", "", "", ""], [b, a, b, b])
+    assert isinstance(results[1], ClientClosedRequest)
+    assert results[2].session.version == 1 and results[2].session.tokens == 1
+    assert session_store.get(sid, "").tokens == 1  # "cat" alone: "the" was never written
+    np.testing.assert_allclose(results[2].log_probs, engine.predict("cat").log_probs, atol=1e-6)
+    assert [r.reading.tokens for r in (results[0], results[3])] == [["dog"], ["mat"]]
+
+
+def test_a_drained_generation_whose_caller_goes_stops_and_commits_nothing(engine, session_store):
+    sid = engine.create_session(None, "").session_id
+    gone = Flag()
+    generation = engine.start_generation(sid, "", "the cat", SamplingParams(seed=1), 20, [], cancel=gone)
+    events = iter(generation)
+    assert isinstance(next(events), Token)
+    gone.cancelled = True
+    with pytest.raises(ClientClosedRequest):
+        next(events)
+    assert generation.stream.cancelled and session_store.get(sid, "").version == 0
+    with pytest.raises(ClientClosedRequest):  # found gone before it starts: no stream at all
+        engine.start_generation(sid, "", "the", SamplingParams(), 5, [], cancel=gone)

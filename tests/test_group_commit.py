@@ -95,3 +95,28 @@ def test_a_process_that_loses_results_is_an_error_not_a_wrong_answer():
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         group.run("x")
     assert not group._leading  # the lead was given back: the next caller is not stuck behind it
+
+
+def test_max_items_caps_a_batch_by_whole_callers_and_the_rest_form_the_next():
+    """Callers queued behind a held batch are taken oldest first while their items fit in max_items (a caller's
+    items are never split; one caller larger than the cap still goes alone)."""
+    process = Recorder(hold_first=True)
+    group = GroupCommit(process, max_items=3)
+    results: dict = {}
+
+    def call(name, items):
+        results[name] = group.run_all(items)
+
+    threads = [threading.Thread(target=call, args=("first", [1]))]
+    threads[0].start()
+    assert process.started.wait(10)
+    for n, (name, items) in enumerate([("a", [2, 3]), ("b", [4]), ("c", [5, 6]), ("d", [7, 8, 9, 10])], start=1):
+        threads.append(threading.Thread(target=call, args=(name, items)))
+        threads[-1].start()
+        while len(group._queue) < n:
+            threading.Event().wait(0.001)
+    process.release.set()
+    for t in threads:
+        t.join(10)
+    assert [items for items, _ in process.batches] == [[1], [2, 3, 4], [5, 6], [7, 8, 9, 10]]
+    assert results == {"first": [10], "a": [20, 30], "b": [40], "c": [50, 60], "d": [70, 80, 90, 100]}

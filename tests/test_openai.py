@@ -8,6 +8,7 @@ import math
 import os
 import time
 
+import httpx
 import openai
 import pytest
 import redis
@@ -204,7 +205,8 @@ def test_bad_fields_are_400s_the_client_raises(client, service, kwargs, field):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="tiny-lstm", prompt=PROMPT, **kwargs)
     assert e.value.status_code == 400
-    assert e.value.body["field"] == field and field in e.value.body["message"]
+    assert (e.value.param, e.value.type, e.value.code) == (field, "invalid_request_error", "invalid_input")
+    assert field in e.value.message and set(e.value.body) == {"message", "type", "param", "code"}
     assert _sessions(service) == 0
 
 
@@ -239,7 +241,7 @@ def test_session_extension_continues_and_commits(client, service):
     assert requests.get(f"{service.url}/sessions/{sid}").json()["version"] == 2
     with pytest.raises(openai.APIStatusError) as e:
         client.completions.create(model="tiny-rnn", prompt="the", extra_body={"session_id": sid})
-    assert e.value.status_code == 409 and e.value.body["field"] == "model"
+    assert e.value.status_code == 409 and (e.value.param, e.value.code) == ("model", "model_mismatch")
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="tiny-lstm", prompt="the", extra_body={"session_id": "x" * 32})
 
@@ -348,3 +350,81 @@ def test_logprobs_read_device_resident_rows(make_app):
     a, b = got["choices"][0]["logprobs"], want["choices"][0]["logprobs"]
     assert a["tokens"] == b["tokens"] and a["token_logprobs"] == pytest.approx(b["token_logprobs"], abs=1e-5)
     assert [list(t) for t in a["top_logprobs"]] == [list(t) for t in b["top_logprobs"]]
+
+
+# -- OpenAI's error shape, on the app itself (the openai client over a WSGI transport) --------------------------------
+
+def _wsgi_client(app, api_key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://nextword/v1", api_key=api_key, max_retries=0,
+                         http_client=httpx.Client(transport=httpx.WSGITransport(app=app)))
+
+
+def _openai_error(response) -> dict:
+    assert response.mimetype == "application/json"
+    body = response.json
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def test_errors_under_v1_carry_param_type_and_code_in_the_client(make_app):
+    app = make_app(max_text_tokens=3)
+    client = _wsgi_client(app)
+    with pytest.raises(openai.BadRequestError) as e:  # the engine's `text` is OpenAI's `prompt`
+        client.completions.create(model="tiny-lstm", prompt="the cat eats fish")
+    assert (e.value.param, e.value.type, e.value.code) == ("prompt", "invalid_request_error", "invalid_input")
+    assert "`prompt`" in e.value.message and "3" in e.value.message
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4", prompt="the")
+    assert (e.value.param, e.value.type, e.value.code) == ("model", "invalid_request_error", "unknown_model")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4")
+    assert (e.value.param, e.value.code) == ("model", "unknown_model")
+    test = app.test_client()
+    assert _openai_error(test.get("/v1/no-such-thing")) == {
+        "message": "no endpoint /v1/no-such-thing", "type": "invalid_request_error", "param": None,
+        "code": "not_found"}
+    assert _openai_error(test.get("/v1/completions"))["code"] == "method_not_allowed"
+    assert _openai_error(test.post("/v1/completions", data="{", content_type="application/json"))["code"] == \
+        "invalid_json"
+    native = test.post("/predict", json={"text": "the cat eats fish"}).json  # the native API keeps its shape
+    assert native == {"error": {"code": "invalid_input", "message": native["error"]["message"], "field": "text"}}
+
+
+def test_401_and_429_under_v1_are_authentication_and_rate_limit_errors(make_app):
+    app = make_app(api_keys=("k1",), max_streams=1)
+    with pytest.raises(openai.AuthenticationError) as e:
+        _wsgi_client(app, "wrong").completions.create(model="tiny-lstm", prompt="the")
+    assert (e.value.param, e.value.type, e.value.code) == (None, "authentication_error", "unauthorized")
+    held = app.test_client().post("/v1/completions", headers={"Authorization": "Bearer k1"}, buffered=False,
+                                  json={"prompt": "the", "max_tokens": 3, "stream": True})
+    assert held.status_code == 200  # started, not yet read: it holds the worker's only stream
+    with pytest.raises(openai.RateLimitError) as e:
+        _wsgi_client(app, "k1").completions.create(model="tiny-lstm", prompt="the")
+    assert (e.value.type, e.value.code) == ("rate_limit_error", "overloaded")
+    assert e.value.response.headers["Retry-After"] == "1"
+    held.get_data()
+    held.close()
+
+
+def test_a_mid_stream_error_event_has_openais_shape_and_the_client_raises_it(make_app, monkeypatch):
+    """Another replica writes the session while a streamed completion runs on it: the completion's commit fails,
+    and its last event is an `error` the openai client raises with param, type and code."""
+    app, replica = make_app(), make_app()
+    sid = app.test_client().post("/sessions").json["session_id"]
+    runtime = app.extensions["nextword"].engine.model(None).runtime
+    real, calls = runtime.run, []
+
+    def run(tokens, states, with_log_probs=True):
+        calls.append(tokens.shape)
+        if len(calls) == 3:  # the prompt is fed, the stream is running: a write from elsewhere
+            assert replica.test_client().post("/predict", json={"text": "dog", "session_id": sid}).status_code == 200
+        return real(tokens, states, with_log_probs)
+
+    monkeypatch.setattr(runtime, "run", run)
+    stream = _wsgi_client(app).completions.create(model="tiny-lstm", prompt="the cat", max_tokens=5, temperature=0,
+                                                  stream=True, extra_body={"session_id": sid})
+    with pytest.raises(openai.APIError) as e:
+        for _ in stream:
+            pass
+    assert (e.value.param, e.value.type, e.value.code) == ("session_id", "invalid_request_error", "session_conflict")
+    assert len(calls) >= 3

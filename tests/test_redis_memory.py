@@ -77,3 +77,27 @@ def test_out_of_memory_is_507_logged_once_and_reported_by_readyz(client_on, admi
 
     admin.config_set("maxmemory", "0")
     assert client_on.post("/predict", json={"text": "the", "session_id": sid}).status_code == 200
+
+
+def test_models_and_readyz_report_what_a_session_costs_in_redis(client, redis_url):
+    """The size a session's state takes, from the served bundle, and the whole hash as this Redis counts it: what
+    MEMORY USAGE says of a real session (the scratch session it is measured on has an owner; here there is none)."""
+    from service.engine import SessionState
+    from service.state import session_key
+
+    r = redis_py.Redis.from_url(redis_url)
+    try:
+        sid = client.post("/sessions", json={"model": "tiny-lstm"}).json["session_id"]
+        assert client.post("/predict", json={"text": "the cat", "session_id": sid}).status_code == 200
+        real = r.memory_usage(session_key(sid), samples=0)
+        [lstm] = [m for m in client.get("/models").json["models"] if m["name"] == "tiny-lstm"]
+        bundle = client.application.extensions["nextword"].engine.model("tiny-lstm").bundle
+        size = lstm["session"]
+        assert size["state_bytes"] == SessionState.nbytes(bundle.state_shape) == len(r.hget(session_key(sid), "state"))
+        assert real <= size["redis_bytes"] <= real + 128
+        assert size["sessions_per_gib"] == (1 << 30) // size["redis_bytes"]
+        assert client.get("/models/tiny-lstm").json["session"] == size
+        assert [m["session"] for m in client.get("/readyz").json["models"] if m["name"] == "tiny-lstm"] == [size]
+        assert r.keys("nextword:measure:*") == []  # the scratch session is gone
+    finally:
+        r.close()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.bundle import load_bundle
-from service.errors import ModelUnavailable, Overloaded
+from service.errors import ClientClosedRequest, ModelUnavailable, Overloaded
 from service.runtime import ModelRuntime
 from service.sampling import SamplingParams
 from service.scheduler import MAX_UNREAD, Scheduler, Stream
@@ -172,3 +172,27 @@ def test_one_submission_of_steps_shares_one_call_even_on_an_idle_scheduler(model
     finally:
         scheduler.close()
 
+
+
+class _Flag:
+    def __init__(self, cancelled: bool = False):
+        self.cancelled = cancelled
+
+
+def test_queued_steps_of_a_gone_caller_are_skipped_and_the_others_run(gated):
+    """Steps whose caller has gone by the time their call is formed never reach the model and finish with
+    ClientClosedRequest; the other steps of the same submission run as usual."""
+    runtime, scheduler = gated
+    first = _hold(runtime, scheduler)
+    gone, here = _Flag(), _Flag()
+    steps = scheduler.submit_many([(np.array([1]), None, True), (np.array([2]), None, True),
+                                   (np.array([3, 4]), None, True)], [gone, here, gone])
+    gone.cancelled = True  # the caller leaves while its steps wait behind the first call
+    runtime.gate.set()
+    first.wait(10)
+    for step in (steps[0], steps[2]):
+        with pytest.raises(ClientClosedRequest):
+            step.wait(10)
+    log_probs, _ = steps[1].wait(10)
+    assert log_probs.shape == (runtime.bundle.vocab_size,)
+    assert runtime.calls[1:] == [(1, 1)], runtime.calls  # only the staying caller's step was run

@@ -15,7 +15,7 @@ import uuid
 from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import logs, metrics
+from service import logs, memory, metrics
 from service.bundle import discover
 from service.config import ConfigError, Settings
 from service.engine import Engine
@@ -36,6 +36,7 @@ _HTTP_ERRORS = {404: NotFound, 405: MethodNotAllowed, 406: NotAcceptable, 413: P
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
+    memory.configure()  # before the models allocate: large blocks mmap'ed, few heaps (service/memory.py)
     if not settings.redis_url:
         raise ConfigError("REDIS_URL is empty: set it, or start with `python -m service`, which starts an "
                           "embedded Redis")
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     default = settings.default_model_of(list(models))
     metrics.start_at_zero(list(models), OPERATIONS, [kind.code for kind in ERROR_TYPES])
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_seconds)
-    engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams)
+    engine = Engine(models, store, default, settings.max_text_tokens, settings.cas_retries, settings.max_streams,
+                    group_items=settings.max_batch_items)
 
     app = Flask("nextword")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -54,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["nextword"] = Services(settings, engine)
     for module in (predict, sessions, ops, openai):
         app.register_blueprint(module.bp)
-    _init_request_hooks(app, settings)
+    _init_request_hooks(app, settings, memory.trimmer())
     auth.init_app(app, settings.api_keys)
     browser.init_app(app, settings)
     _init_error_handlers(app)
@@ -69,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _init_request_hooks(app: Flask, settings: Settings) -> None:
+def _init_request_hooks(app: Flask, settings: Settings, trimmer: memory.Trimmer) -> None:
     @app.before_request
     def start() -> None:
         g.started = time.perf_counter()
@@ -90,6 +92,7 @@ def _init_request_hooks(app: Flask, settings: Settings) -> None:
         method, status = request.method, str(response.status_code)
 
         def done() -> None:
+            trimmer.note()  # freed heap memory goes back once the worker is quiet
             elapsed = time.perf_counter() - started
             metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=status).inc()
             metrics.REQUEST_LATENCY.labels(endpoint=endpoint).observe(elapsed)

@@ -13,8 +13,11 @@ writes them (a leading space where one belongs). A stop word or `<eos>` that end
 `logprobs` (0-5): for each token of `text`, its log-probability and the k most likely alternatives under the
 model's own distribution (before temperature and top-p), from `Generation.distribution`: the first exactly as
 sampled, each later one by one more model step. Streaming and the drained JSON share one generator of pieces.
-Errors are the service's JSON error (`{"error": {"code", "message", "field"}}`); the `openai` client reads its
-`message`. Mid-stream failures are an `event: error` whose data is that object, which the client raises.
+A request is costed against the work budget (service/budget.py) first: its prompt, `max_tokens`, the replay and
+alternatives of `logprobs`. The drained answer's client is watched while it runs: one that goes away stops it.
+Errors under /v1/ are OpenAI's `{"error": {"message", "type", "param", "code"}}` (service/http/responses.py), so
+the `openai` client's exceptions carry `param` and `type`; a mid-stream failure is an `event: error` whose data is
+that object, which the client raises.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from flask import Blueprint, Response, g, jsonify, stream_with_context
 from service.engine import Done, Generation
 from service.errors import InternalError, InvalidInput, ModelMismatch, ServiceError
 from service.http.context import services
+from service.http.disconnect import watching
 from service.http.responses import SSE, SSE_HEADERS, sse_error
 from service.http.sessions import _Timing
 from service.http.validation import json_body, parse
@@ -128,8 +132,17 @@ def _request() -> CompletionRequest:
         include_usage=req.stream_options is not None and req.stream_options.include_usage, session_id=req.session_id)
 
 
-def _start(req: CompletionRequest) -> tuple[Generation, str | None]:
-    """The generation, and the temporary session to delete after it (None when the request named its session)."""
+def _check_budget(req: CompletionRequest) -> None:
+    budget = services().budget
+    cost = budget.generation(req.prompt or None, req.model, req.max_tokens, session=req.session_id is not None,
+                             logprobs=req.logprobs)
+    listed = "logprobs" if req.logprobs else "max_tokens"
+    budget.check(cost, "max_tokens", listed, what="this completion")
+
+
+def _start(req: CompletionRequest, cancel=None) -> tuple[Generation, str | None]:
+    """The generation, and the temporary session to delete after it (None when the request named its session);
+    `cancel`: the client, watched."""
     engine = services().engine
     if req.session_id is None:
         record = engine.create_session(req.model, g.owner)
@@ -143,7 +156,7 @@ def _start(req: CompletionRequest) -> tuple[Generation, str | None]:
     try:
         stop = _stop_words(req.stop, engine.model(record.model).bundle.convention)
         return engine.start_generation(record.session_id, g.owner, req.prompt, req.params, req.max_tokens,
-                                       stop), temporary
+                                       stop, cancel=cancel), temporary
     except InvalidInput as e:
         if e.field == "text":  # the engine reads the prompt as its `text`
             e.field, e.message = "prompt", e.message.replace("`text`", "`prompt`")
@@ -223,30 +236,37 @@ def _chunk(cid: str, created: int, model: str, choices: list, **extra) -> str:
 def completions():
     started = time.perf_counter()
     req = _request()
-    generation, temporary = _start(req)
+    _check_budget(req)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    g.log.update(model=generation.model, greedy=req.params.greedy, generated=0,
-                 tokens=len(generation.reading.tokens) if generation.reading else 0)
-    timing = _Timing(generation.model, started)
-    pieces = _pieces(generation, req.logprobs, timing, g.log)
     if req.stream:
+        generation, temporary = _start(req)
+        pieces = _pieces(generation, req.logprobs, _started(req, generation, started), g.log)
         return _event_stream(req, generation, temporary, pieces, cid, created)
-    try:
-        with generation:
-            shown: list[Piece] = []
-            for item in pieces:
-                if isinstance(item, Done):
-                    done = item
-                else:
-                    shown.append(item)
-    finally:
-        _discard(temporary)
+    with watching() as client:  # drained: the client is watched while the completion runs
+        generation, temporary = _start(req, client)
+        pieces = _pieces(generation, req.logprobs, _started(req, generation, started), g.log)
+        try:
+            with generation:
+                shown: list[Piece] = []
+                for item in pieces:
+                    if isinstance(item, Done):
+                        done = item
+                    else:
+                        shown.append(item)
+        finally:
+            _discard(temporary)
     text = "".join(p.text for p in shown)
     return jsonify({"id": cid, "object": "text_completion", "created": created, "model": done.model,
                     "choices": [{"text": text, "index": 0,
                                  "logprobs": _logprobs_view(shown) if req.logprobs is not None else None,
                                  "finish_reason": _FINISH[done.finish_reason]}],
                     "usage": _usage(generation, done)})
+
+
+def _started(req: CompletionRequest, generation: Generation, started: float) -> _Timing:
+    g.log.update(model=generation.model, greedy=req.params.greedy, generated=0,
+                 tokens=len(generation.reading.tokens) if generation.reading else 0)
+    return _Timing(generation.model, started)
 
 
 def _event_stream(req: CompletionRequest, generation: Generation, temporary: str | None,

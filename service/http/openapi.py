@@ -4,14 +4,15 @@ Knows nothing of Flask; `tests/test_openapi.py` validates it and runs schemathes
 Request schemas are generated from the request models in `shapes.py`, which also validate the bodies, so a
 generator that follows a schema gets 2xx and one that breaks it gets 4xx; this module adds their examples and
 writes everything else (paths, responses, the other schemas, descriptions). Two limits cannot be written in JSON
-Schema and are stated in descriptions: the body size (413 before the body is read) and the token count of a text
-(400 past `max_text_tokens`).
+Schema and are stated in descriptions: the body size (413 before the body is read), the token count of a text
+(400 past `max_text_tokens`) and the work budget of a request, which sums over its fields (service/budget.py).
+Errors under /v1/ have OpenAI's shape (`OpenAIError`), all others the service's (`Error`).
 """
 
 from __future__ import annotations
 
 from service.config import Settings
-from service.errors import ERROR_TYPES
+from service.errors import ERROR_TYPES, OPENAI_TYPES
 from service.http.shapes import for_settings
 
 VERSION = "0.1.0"
@@ -60,6 +61,15 @@ _E507 = _error("Redis is out of memory with nothing left to evict, so the sessio
                "(retrying does not help until memory is freed; reads still work).", "state_store_full")
 
 
+def _budget(s: Settings) -> str:
+    """What the work budget refuses, for a 400's description."""
+    return (f" So is a request past its work budget, counted before any work: more than {s.max_request_tokens} tokens "
+            f"for the model to read or generate (NEXTWORD_MAX_REQUEST_TOKENS), more than "
+            f"{s.max_request_predictions} words listed in the answer (NEXTWORD_MAX_REQUEST_PREDICTIONS), or an answer "
+            f"that could pass {s.max_response_bytes} bytes (NEXTWORD_MAX_RESPONSE_BYTES); `field` names what to "
+            "reduce.")
+
+
 def _e400(extra: str = "") -> dict:
     return _error("The body is not a UTF-8 JSON object, has an unknown field, or a field is missing, mistyped or "
                   "out of range (`field` names it)." + extra, "invalid_json", "invalid_input")
@@ -93,6 +103,21 @@ def _e503(*codes: str) -> dict:
                                            "schema": {"type": "integer", "minimum": 0}}})
 
 
+SESSION_SIZE = {
+    "type": "object",
+    "required": ["state_bytes", "redis_bytes", "sessions_per_gib"],
+    "description": "What one session of this model costs in Redis (docs/limits.md sizes Redis from it).",
+    "properties": {
+        "state_bytes": {"type": "integer", "minimum": 1, "description": "The stored state blob: the recurrent state "
+                                                                        "after and before the last token, and its id."},
+        "redis_bytes": {"type": ["integer", "null"], "description": "The whole session hash as Redis counts it "
+                                                                    "(MEMORY USAGE of a scratch session, measured once "
+                                                                    "per worker); null while Redis cannot be asked."},
+        "sessions_per_gib": {"type": ["integer", "null"], "description": "2^30 / redis_bytes."},
+    },
+}
+
+
 def _schemas(s: Settings) -> dict:
     session_view = {
         "type": "object",
@@ -116,7 +141,7 @@ def _schemas(s: Settings) -> dict:
     model_info = {
         "type": "object",
         "required": ["name", "architecture", "layers", "hidden_size", "embedding_size", "vocab_size", "version",
-                     "sha256", "text_convention", "metrics", "provider"],
+                     "sha256", "text_convention", "metrics", "provider", "session"],
         "properties": {
             "name": {"type": "string"},
             "architecture": {"type": "string", "examples": ["lstm", "rnn_tanh", "gru"]},
@@ -130,6 +155,7 @@ def _schemas(s: Settings) -> dict:
                                 "description": "How raw text is split into the corpus's tokens."},
             "metrics": {"type": "object", "description": "Perplexities measured on the exported ONNX file."},
             "provider": {"type": "string", "examples": ["CPUExecutionProvider", "CUDAExecutionProvider"]},
+            "session": SESSION_SIZE,
         },
     }
     token_event = {
@@ -157,6 +183,30 @@ def _schemas(s: Settings) -> dict:
             }},
             "example": {"error": {"code": "invalid_input", "message": "`top_k` must be at most 1000",
                                   "field": "top_k"}},
+        },
+        "OpenAIError": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["error"],
+            "description": "Every error under /v1/: OpenAI's shape, which the `openai` client's exceptions read.",
+            "properties": {"error": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string", "description": "For people; names the parameter and the limit."},
+                    "type": {"type": "string",
+                             "enum": sorted({*OPENAI_TYPES.values(), "invalid_request_error", "server_error"}),
+                             "description": "authentication_error (401), rate_limit_error (429), server_error (5xx), "
+                                            "invalid_request_error (any other 4xx)."},
+                    "param": {"type": ["string", "null"],
+                              "description": "The OpenAI parameter at fault (`prompt`, `max_tokens`, ...), or null."},
+                    "code": {"type": "string", "enum": sorted({e.code for e in ERROR_TYPES}),
+                             "description": "The service's stable error code (as `code` of Error)."},
+                },
+            }},
+            "example": {"error": {"message": "`max_tokens` must be at most 256 (NEXTWORD_MAX_GENERATE_TOKENS)",
+                                  "type": "invalid_request_error", "param": "max_tokens", "code": "invalid_input"}},
         },
         "BatchResponse": {
             "type": "object",
@@ -260,9 +310,9 @@ def _schemas(s: Settings) -> dict:
             "properties": {
                 "status": {"type": "string", "enum": ["ready", "unavailable"]},
                 "models": {"type": "array", "items": {
-                    "type": "object", "required": ["name", "provider", "version"],
+                    "type": "object", "required": ["name", "provider", "version", "session"],
                     "properties": {"name": {"type": "string"}, "provider": {"type": "string"},
-                                   "version": {"type": "string"}}}},
+                                   "version": {"type": "string"}, "session": SESSION_SIZE}}},
                 "redis": {"type": "string", "description": "`ok`, or why the session store is unavailable."},
             },
         },
@@ -405,7 +455,7 @@ def _paths(s: Settings) -> dict:
                             "X-Dtype": _header("X-Dtype"), "X-Session-Tokens": _header("X-Session-Tokens"),
                             "ETag": _header("ETag")}),
                 "400": _e400(f" A text of more than {s.max_text_tokens} tokens, or with no word, is a 400 on "
-                             "`text`."),
+                             "`text`." + _budget(s)),
                 "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405,
                 "406": _error("`Accept` allows neither application/json nor application/octet-stream.",
                               "not_acceptable"),
@@ -421,11 +471,14 @@ def _paths(s: Settings) -> dict:
                 "Each result is exactly what /predict would answer for its item (JSON), or `{\"error\", "
                 "\"status\"}` for an item that failed; the others still apply. Items naming the same session "
                 "apply in item order, as one write whose version grows by the number of items applied. A "
-                "malformed item makes the whole request a 400 naming `items[n]`."),
+                "malformed item makes the whole request a 400 naming `items[n]`. A client that goes away before "
+                "the answer is written has the model steps left for it skipped, and nothing of its batch is "
+                "written unless the write was made before it went."),
             "requestBody": {"required": True, "content": _json(_ref("BatchRequest"))},
             "responses": {
                 "200": _ok("One result per item.", _json(_ref("BatchResponse"))),
-                "400": _e400(f" More than {s.max_batch_items} items is a 400 on `items`."),
+                "400": _e400(f" More than {s.max_batch_items} items is a 400 on `items`." + _budget(s)
+                             + " A batch counts all its items together."),
                 "401": _E401, "405": _E405, "408": _E408, "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"),
             },
@@ -479,7 +532,8 @@ def _paths(s: Settings) -> dict:
                 "every token was handed to the connection, holding the prompt and every token; `done` shows the "
                 "session as written. A generation that fails or whose client goes away writes nothing, not even "
                 "its prompt; sent again (same seed), it gives the same tokens. With `If-Match`, a session that "
-                "is no longer at that version is a 412 before anything is sampled."),
+                "is no longer at that version is a 412 before anything is sampled. The JSON answer's client is "
+                "watched while it runs: one that goes away stops the generation at its next token."),
             "parameters": [session_id, if_match],
             "requestBody": {"required": True, "content": _json(_ref("GenerateRequest"))},
             "responses": {
@@ -490,7 +544,7 @@ def _paths(s: Settings) -> dict:
                         "`event: done` / `data: {\"finish_reason\",\"text\",\"tokens\",\"model\",\"session\"}`; "
                         "or `event: error` / `data: {\"error\": {...}}`.")}},
                 }),
-                "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped."),
+                "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped." + _budget(s)),
                 "401": _E401, "404": _e404("session_not_found", "not_found"), "405": _E405, "408": _E408,
                 "409": _e409(), "412": _e412(), "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
@@ -505,8 +559,9 @@ def _paths(s: Settings) -> dict:
                 "word or `<eos>`, left out of `text`) or `length`. With `stream`, `data: {chunk}` events in "
                 "OpenAI's shape (`object: text_completion`, one choice whose `text` is one token, then one with "
                 "the `finish_reason`), then `data: [DONE]`; a failure mid-stream is an `event: error` whose data "
-                "is an Error (no [DONE]). Errors are this service's Error objects; the `openai` client raises them "
-                "with their `message`."),
+                "is an OpenAIError (no [DONE]). Errors are OpenAIError objects (`message`, `type`, `param`, "
+                "`code`), which the `openai` client's exceptions carry. A non-streaming request whose client goes "
+                "away stops at its next token and commits nothing."),
             "requestBody": {"required": True, "content": _json(_ref("CompletionRequest"))},
             "responses": {
                 "200": _ok("The completion.", {
@@ -522,7 +577,9 @@ def _paths(s: Settings) -> dict:
                                        "data": {"type": "string"}}}},
                 }),
                 "400": _e400(f" `max_tokens` above {s.max_generate_tokens} is a 400, not clamped; so is an "
-                             "OpenAI field at a value that is not served (`n` 2, penalties, `echo`, ...)."),
+                             "OpenAI field at a value that is not served (`n` 2, penalties, `echo`, ...)."
+                             + _budget(s) + " `logprobs` costs one more model step per token and lists its "
+                             "alternatives."),
                 "401": _E401, "404": _e404("unknown_model", "session_not_found"), "405": _E405, "408": _E408,
                 "409": _e409(), "413": _E413, "415": _E415, "429": _e429(),
                 "503": _e503("state_store_unavailable", "model_unavailable"), "507": _E507,
@@ -571,6 +628,24 @@ def _paths(s: Settings) -> dict:
     }
 
 
+WORKER_STATUSES = ("408", "413")  # answered by the HTTP worker (service/worker.py) before the app, in Error's shape
+
+
+def _openai_errors(paths: dict) -> dict:
+    """Errors under /v1/ (responses.OPENAI_PREFIX) are OpenAIError objects, except what the HTTP worker answers
+    before a request reaches the app (a body too large or too slow), which may be an Error."""
+    for path, item in paths.items():
+        if path.startswith("/v1/"):
+            for operation in item.values():
+                for status, response in operation["responses"].items():
+                    if int(status) >= 400:
+                        schema = _ref("OpenAIError")
+                        if status in WORKER_STATUSES:
+                            schema = {"oneOf": [schema, _ref("Error")]}
+                        operation["responses"][status] = {**response, "content": _json(schema)}
+    return paths
+
+
 def spec(settings: Settings | None = None) -> dict:
     """The whole document; limits (top_k, max_tokens, body size, TTL) are the running service's."""
     s = settings or Settings()
@@ -582,7 +657,10 @@ def spec(settings: Settings | None = None) -> dict:
             "summary": "Next-word prediction with recurrent language models; per-session state in Redis.",
             "description": (
                 "Every error is `{\"error\": {\"code\", \"message\", \"field\"}}` with the status listed per "
-                "operation. When API keys are configured (NEXTWORD_API_KEYS), every endpoint except /healthz, "
+                "operation, except under /v1/, where it is OpenAI's `{\"error\": {\"message\", \"type\", "
+                "\"param\", \"code\"}}`. Every request that reaches a model has a work budget, counted before any "
+                f"work: at most {s.max_request_tokens} tokens read or generated, {s.max_request_predictions} words "
+                f"listed and {s.max_response_bytes} bytes of answer (a 400 naming the field to reduce). When API keys are configured (NEXTWORD_API_KEYS), every endpoint except /healthz, "
                 "/readyz, /metrics and /openapi.json needs `Authorization: Bearer <key>`, and a session "
                 "belongs to the key that created it. Request bodies are limited to "
                 f"{s.max_body_bytes} bytes (413)."),
@@ -590,7 +668,7 @@ def spec(settings: Settings | None = None) -> dict:
         },
         "tags": [{"name": "predict"}, {"name": "sessions"}, {"name": "models"}, {"name": "openai"}, {"name": "ops"}],
         "security": [{"bearer": []}],
-        "paths": _paths(s),
+        "paths": _openai_errors(_paths(s)),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "An API key from NEXTWORD_API_KEYS(_FILE)."}},

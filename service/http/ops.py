@@ -20,26 +20,31 @@ def healthz():
     return jsonify({"status": "alive"})
 
 
+def _models(measure: bool) -> list:
+    """The loaded models, each with what one of its sessions costs in Redis (measured only with `measure`)."""
+    engine = services().engine
+    return [{"name": name, "provider": m.runtime.provider, "version": m.bundle.digest[:12],
+             "session": engine.session_size(name, measure)} for name, m in engine.models.items()]
+
+
 @bp.get("/readyz")
 def readyz():
     engine = services().engine
-    models = [{"name": name, "provider": m.runtime.provider, "version": m.bundle.digest[:12]}
-              for name, m in engine.models.items()]
     try:
         engine.store.ping()
     except ServiceError as error:
-        response = jsonify({"status": "unavailable", "models": models, "redis": error.message})
+        response = jsonify({"status": "unavailable", "models": _models(measure=False), "redis": error.message})
         response.status_code = 503
         response.headers["Retry-After"] = "1"
         return response
     full_for = time.monotonic() - engine.store.full_at
     if engine.store.full_at and full_for < FULL_REPORT_S:  # reachable, but refusing writes: sessions cannot work
-        response = jsonify({"status": "unavailable", "models": models,
+        response = jsonify({"status": "unavailable", "models": _models(measure=False),
                             "redis": f"full: out of memory, a write was refused {full_for:.0f} s ago"})
         response.status_code = 503
         response.headers["Retry-After"] = "5"
         return response
-    return jsonify({"status": "ready", "models": models, "redis": "ok"})
+    return jsonify({"status": "ready", "models": _models(measure=True), "redis": "ok"})
 
 
 @bp.get("/metrics", endpoint="metrics")  # the name auth.OPEN_ENDPOINTS lists

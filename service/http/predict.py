@@ -1,14 +1,17 @@
 """POST /predict, POST /predict/batch and the model listing: text in, next-word distribution out, ranked whole or
-over the completions of the word being typed (`prefix`) and the words a person would pick (`words_only`)."""
+over the completions of the word being typed (`prefix`) and the words a person would pick (`words_only`). Every
+request is costed against the work budget (service/budget.py) before the engine sees it."""
 
 from __future__ import annotations
 
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 
+from service.budget import Cost
 from service.engine import BatchItem
-from service.errors import InvalidInput, NotAcceptable, ServiceError
+from service.errors import ClientClosedRequest, InvalidInput, NotAcceptable, ServiceError
 from service.http.context import services
+from service.http.disconnect import watching
 from service.http.responses import error_item, etag, if_match, prediction_view
 from service.http.validation import json_body, parse
 from service.suggest import Query
@@ -34,6 +37,11 @@ def predict():
         field = "prefix" if query.prefix else "words_only"
         raise InvalidInput(f"`{field}` ranks the JSON answer; application/octet-stream is always the raw "
                            "distribution (filter it with GET /models/{name}/vocab)", field=field)
+    budget, session = services().budget, req.session_id is not None
+    if binary:
+        budget.check(budget.vector(req.text, req.model, session, req.scores), "text", "text", "Accept")
+    else:
+        budget.check(budget.item(req.text, req.model, req.top_k, session, req.scores), "text", "top_k")
     version = if_match(request.headers.get("If-Match"))  # checked always, meaningful with a session only
     result = engine.predict(req.text, model=req.model, session_id=req.session_id, owner=g.owner, scores=req.scores,
                             if_version=version if req.session_id is not None else None)
@@ -52,12 +60,18 @@ def predict():
 
 @bp.post("/predict/batch")
 def predict_batch():
-    """Many items in one request: each result is what /predict answers for it, or its error with its status."""
-    engine = services().engine
+    """Many items in one request: each result is what /predict answers for it, or its error with its status. A
+    client that goes away before the answer is written has the model work left for it skipped (engine's rule)."""
+    engine, budget = services().engine, services().budget
     req = parse(services().shapes.batch, json_body())  # a malformed item makes the request malformed: 400 naming it
+    cost = sum((budget.item(i.text, i.model, i.top_k, i.session_id is not None) for i in req.items), Cost())
+    budget.check(cost, "items", "items", what=f"this batch of {len(req.items)} items")
     items = [BatchItem(text=i.text, session_id=i.session_id, model=i.model, top_k=i.top_k,
                        if_version=i.if_version if i.session_id is not None else None) for i in req.items]
-    results = engine.predict_batch(items, g.owner)
+    with watching() as client:
+        results = engine.predict_batch(items, g.owner, client)
+        if client.cancelled:  # nobody reads the answer: it is not built
+            raise ClientClosedRequest("the client went away before its answer was written")
     out = [error_item(r) if isinstance(r, ServiceError) else _view(r, item.top_k, _query(given))
            for r, item, given in zip(results, items, req.items)]
     g.log.update(items=len(items), failed=sum(isinstance(r, ServiceError) for r in results))
@@ -78,13 +92,16 @@ def _view(result, k: int, query: Query) -> dict:
 def models():
     engine = services().engine
     return jsonify({"default": engine.default_model, "models": [
-        {**m.bundle.info(), "provider": m.runtime.provider} for m in engine.models.values()]})
+        {**m.bundle.info(), "provider": m.runtime.provider, "session": engine.session_size(name)}
+        for name, m in engine.models.items()]})
 
 
 @bp.get("/models/<name>")
 def model(name: str):
-    m = services().engine.model(name)
-    return jsonify({**m.bundle.info(), "provider": m.runtime.provider, "manifest": m.bundle.manifest})
+    engine = services().engine
+    m = engine.model(name)
+    return jsonify({**m.bundle.info(), "provider": m.runtime.provider, "session": engine.session_size(m.bundle.name),
+                    "manifest": m.bundle.manifest})
 
 
 @bp.get("/models/<name>/vocab")

@@ -1,6 +1,11 @@
 """How domain objects look on the wire: the one conversion of errors into JSON responses and SSE error events,
 session and prediction views, ETags and Server-Sent Events. Knows Flask's response objects, not the engine's
 insides.
+
+An error has two shapes. The service's own, `{"error": {"code", "message", "field"}}`, everywhere but under
+`/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}` (`ServiceError.to_openai`), so
+that the `openai` package's exceptions carry `param` (the OpenAI name of the field at fault: `prompt`, not `text`),
+`type` and `code` (the service's code). The status and headers are the same in both.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ import re
 import time
 
 import orjson
-from flask import Response, jsonify
+from flask import Response, has_request_context, jsonify, request
 from flask.json.provider import JSONProvider
 
 from service import metrics
@@ -21,6 +26,7 @@ from service.suggest import Lexicon, Query
 SSE = "text/event-stream"
 _IF_MATCH = re.compile(r'"([0-9]{1,18})"|([0-9]{1,18})')
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold events back
+OPENAI_PREFIX = "/v1/"  # the OpenAI surface, whose errors have OpenAI's shape
 
 
 class FastJSON(JSONProvider):
@@ -40,10 +46,17 @@ class FastJSON(JSONProvider):
                                         mimetype="application/json")
 
 
+def error_body(error: ServiceError) -> dict:
+    """The error in the shape of the surface the request came to (OpenAI's under /v1/)."""
+    if has_request_context() and (request.path + "/").startswith(OPENAI_PREFIX):
+        return error.to_openai()
+    return error.to_dict()
+
+
 def error_response(error: ServiceError) -> Response:
     """The JSON error body with its status, Retry-After from the error's hint, and any HTTP headers it carries."""
     metrics.ERRORS.labels(code=error.code).inc()
-    response = jsonify(error.to_dict())
+    response = jsonify(error_body(error))
     response.status_code = error.status
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
@@ -63,9 +76,10 @@ def sse(event: str, data: dict) -> str:
 
 
 def sse_error(error: ServiceError) -> str:
-    """A stream that fails after its first event ends with the same JSON an error response carries."""
+    """A stream that fails after its first event ends with the same JSON an error response carries (OpenAI's shape
+    under /v1/; call it while the request's context lasts, as a `stream_with_context` generator does)."""
     metrics.ERRORS.labels(code=error.code).inc()
-    return sse("error", error.to_dict())
+    return sse("error", error_body(error))
 
 
 def etag(version: int) -> str:

@@ -11,6 +11,7 @@ from service import metrics
 from service.engine import Done, Generation, Token
 from service.errors import InternalError, ServiceError
 from service.http.context import services
+from service.http.disconnect import watching
 from service.http.responses import (SSE, SSE_HEADERS, etag, if_match, session_response, session_view, sse,
                                     sse_error)
 from service.http.validation import json_body, parse
@@ -77,14 +78,19 @@ def generate(session_id: str):
     started = time.perf_counter()
     stream = request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
     req = parse(services().shapes.generate, json_body())
+    budget = services().budget
+    budget.check(budget.generation(req.text, None, req.max_tokens, session=True), "max_tokens", "max_tokens",
+                 what="this generation")
     params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed)
     version = if_match(request.headers.get("If-Match"))
-    generation = services().engine.start_generation(session_id, g.owner, req.text, params, req.max_tokens, req.stop,
-                                                    version)
-    g.log.update(model=generation.model, greedy=params.greedy,
-                 tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
-    timing = _Timing(generation.model, started)
-    if not stream:
+    if stream:  # a client that leaves mid-stream is noticed at the next write (the WSGI server closes the response)
+        generation = services().engine.start_generation(session_id, g.owner, req.text, params, req.max_tokens,
+                                                        req.stop, version)
+        return _event_stream(generation, _started(generation, params, started), g.log)
+    with watching() as client:  # drained: nothing is written until the end, so the client is watched meanwhile
+        generation = services().engine.start_generation(session_id, g.owner, req.text, params, req.max_tokens,
+                                                        req.stop, version, cancel=client)
+        timing = _started(generation, params, started)
         with generation:
             tokens, done = [], None
             for event in generation:
@@ -97,7 +103,12 @@ def generate(session_id: str):
         response = jsonify({**_done(done), "token_details": tokens})
         response.headers["ETag"] = etag(done.session.version)
         return response
-    return _event_stream(generation, timing, g.log)
+
+
+def _started(generation: Generation, params: SamplingParams, started: float) -> _Timing:
+    g.log.update(model=generation.model, greedy=params.greedy,
+                 tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
+    return _Timing(generation.model, started)
 
 
 def _event_stream(generation: Generation, timing: _Timing, log_fields: dict) -> Response:

@@ -42,7 +42,7 @@ MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, including the NUL
 # longest, which would expire first anyway. volatile-lru evicts among keys with a TTL only, least recently used
 # first (volatile-ttl would pick the expiry watcher's 10 s lease key before any session). Eviction frees memory
 # only while there are such keys; past that, writes fail with OOM and the service answers 507 state_store_full.
-DEFAULT_MAXMEMORY = "256mb"  # ~25 000 sessions of the shipped 2x256 LSTM (about 8 KiB of state each)
+DEFAULT_MAXMEMORY = "256mb"  # ~10 300 sessions of the shipped 2x650 LSTM (21.7 KB each in Redis; docs/limits.md)
 MAXMEMORY_POLICY = "volatile-lru"
 # Expired-key events (E: keyevent channel, x: expired), which service.state.ExpiryWatcher counts; in the config file
 # they survive a restart of the server, and need no CONFIG rights at run time.
