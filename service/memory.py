@@ -20,6 +20,8 @@ import logging
 import threading
 import time
 
+from service.offload import offloader
+
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
@@ -72,6 +74,7 @@ class Trimmer:
 
     def __init__(self, quiet_s: float = TRIM_AFTER_S):
         self._libc = _glibc()
+        self._native = offloader()
         self._quiet_s = quiet_s
         self._noted = threading.Event()
         self._stop = threading.Event()
@@ -97,4 +100,4 @@ class Trimmer:
                 self._noted.clear()
                 self._stop.wait(self._quiet_s)
             if not self._stop.is_set():
-                self._libc.malloc_trim(0)
+                self._native(self._libc.malloc_trim, 0)  # walks every heap: on a native thread, off the event loop
