@@ -39,6 +39,8 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import Unreader
+from gunicorn.http import wsgi
+from gunicorn.http.wsgi import Response
 from gunicorn.workers.ggevent import GeventWorker
 
 from service import logs, metrics
@@ -106,6 +108,34 @@ class _LimitedChunkedReader(ChunkedReader):
         if self.declared > self.limit:
             raise PayloadTooLarge(f"request body exceeds {self.limit} bytes")
         return size, rest
+
+
+class OneWriteResponse(Response):
+    """gunicorn's response, its head sent with the first body bytes in one write (one system call and one TCP
+    segment for a small JSON answer, where gunicorn makes two)."""
+
+    _head = b""
+
+    def send_headers(self):
+        if self.headers_sent:
+            return
+        lines = self.default_headers() + [f"{name}: {value}\r\n" for name, value in self.headers]
+        self._head = ("".join(lines) + "\r\n").encode("latin-1")
+        self.headers_sent = True
+
+    def _emit_body(self, data):
+        head, self._head = self._head, b""
+        if self.chunked:
+            data = b"%X\r\n%s\r\n" % (len(data), data)
+        self.sock.sendall(head + data)
+
+    def close(self):
+        self.send_headers()
+        if self._head:  # a response without body bytes
+            head, self._head = self._head, b""
+            self.sock.sendall(head + (b"0\r\n\r\n" if self.chunked else b""))
+        elif self.chunked:
+            util.write_chunk(self.sock, b"")
 
 
 class GreenletWorker(GeventWorker):
@@ -177,6 +207,41 @@ class GreenletWorker(GeventWorker):
             self.handle_error(None, client, addr, e)
         finally:
             util.close(client)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        """One request through the app, its answer written with `OneWriteResponse`; raises StopIteration when the
+        connection must close. gunicorn's own version, less its access log (the app logs each request itself)."""
+        environ, resp = {}, None
+        try:
+            self.cfg.pre_request(self, req)
+            resp, environ = wsgi.create(req, sock, addr, listener_name, self.cfg, response_class=OneWriteResponse)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests and self.alive:
+                log.info("restarting the worker after its max_requests")
+                self.alive = False
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+            body = self.wsgi(environ, resp.start_response)
+            try:
+                for piece in body:
+                    resp.write(piece)
+                resp.close()
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+            if resp.should_close():
+                raise StopIteration()
+        except StopIteration:
+            raise
+        except Exception as e:
+            if resp is None or not resp.headers_sent:
+                raise  # nothing written yet: answered as a JSON error by handle()
+            if not isinstance(e, OSError):
+                log.error("error while writing an answer", exc_info=e)
+            raise StopIteration() from None  # part of an answer is out: nothing to add, the connection closes
+        finally:
+            self.cfg.post_request(self, req, environ, resp)
 
     def _request_begins(self, parser: RequestParser, client, within: float) -> bool:
         """Whether a request's first byte is here (pipelined bytes already read count) before `within` s pass."""
