@@ -191,7 +191,9 @@ def test_the_service_logs_json_startup_lines_without_secrets(service_factory, re
         service.stop()
         text = service.log()
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        assert all(line.startswith("{") for line in text.splitlines() if line.strip()), "every line is JSON"
+        others = [line for line in text.splitlines() if line.strip() and not line.startswith("{")]
+        assert others and others[0].startswith("nextword is serving"), "every log line is JSON"
+        assert all(line.startswith("  ") for line in others[1:]), "only the banner for people (stdout) is not JSON"
         (starting,) = [line for line in lines if line["msg"] == "service starting"]
         assert starting["workers"] == 2 and starting["connections"] == 64
         assert starting["worker_class"] == "service.process.worker.GreenletWorker"

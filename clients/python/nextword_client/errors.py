@@ -84,6 +84,8 @@ CODES = (
     ("HeadersTooLarge", "headers_too_large", 431, "Too many or too large header fields."),
     ("TransferCodingNotImplemented", "transfer_coding_not_implemented", 501, "A Transfer-Encoding other than chunked."),
     ("StateStoreFull", "state_store_full", 507, "Redis is out of memory; an operator must free or add memory."),
+    ("ClientClosedRequest", "client_closed_request", 499,
+     "The client left before its answer was written (the service's logs and metrics; no client receives it)."),
 )
 
 _BY_CODE: dict[str, type[APIError]] = {
