@@ -8,8 +8,6 @@ model instance per request (/predict answers thousands a second; a TypedDict cos
 pydantic still writes its JSON Schema, docstring and `Field(description=...)` included.
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
