@@ -4,10 +4,12 @@ Each field is read from the variable NEXTWORD_<FIELD> (REDIS_URL and PROMETHEUS_
 customary names). pydantic parses and range-checks the values; a value is stripped first, and a blank one
 means the default. Any failure is one ConfigError naming the variable, in the words of `_WORDING`.
 `Settings(...)` holds exactly its arguments (tests and the OpenAPI document build one); only `from_env`
-reads the environment. Each field's `description` is the one account of the setting: `python -m service --help`
-prints it (`settings_help`), and the table in docs/configuration.md is generated from it (`python -m service.config
---write docs/configuration.md`; tests/test_config.py holds the page to it). pydantic is laxer than the hand-written parser it replaced in two ways: an integer
-may be written `3.0`, and a boolean `t`, `y`, `f` or `n`.
+reads the environment. pydantic is laxer than the hand-written parser it replaced in two ways: an integer may be
+written `3.0`, and a boolean `t`, `y`, `f` or `n`.
+
+Each field's `description` is the one account of its setting: `python -m service --help` prints it
+(`settings_help`), and the table of docs/configuration.md is generated from it (`python -m service.config --write
+docs/configuration.md`; tests/test_config.py holds the page to it).
 
 Why pydantic and not pydantic-settings, which was tried (2.16): its environment source matches variable
 names case-insensitively (`nextword_workers=5` was read as NEXTWORD_WORKERS), and with `case_sensitive=True`
