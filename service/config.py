@@ -4,8 +4,12 @@ Each field is read from the variable NEXTWORD_<FIELD> (REDIS_URL and PROMETHEUS_
 customary names). pydantic parses and range-checks the values; a value is stripped first, and a blank one
 means the default. Any failure is one ConfigError naming the variable, in the words of `_WORDING`.
 `Settings(...)` holds exactly its arguments (tests and the OpenAPI document build one); only `from_env`
-reads the environment. pydantic is laxer than the hand-written parser it replaced in two ways: an integer
-may be written `3.0`, and a boolean `t`, `y`, `f` or `n`.
+reads the environment. pydantic is laxer than the hand-written parser it replaced in two ways: an integer may be
+written `3.0`, and a boolean `t`, `y`, `f` or `n`.
+
+Each field's `description` is the one account of its setting: `python -m service --help` prints it
+(`settings_help`), and the table of docs/configuration.md is generated from it (`python -m service.config --write
+docs/configuration.md`; tests/test_config.py holds the page to it).
 
 Why pydantic and not pydantic-settings, which was tried (2.16): its environment source matches variable
 names case-insensitively (`nextword_workers=5` was read as NEXTWORD_WORKERS), and with `case_sensitive=True`
@@ -22,9 +26,10 @@ the workers' files.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
+import sys
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -44,38 +49,77 @@ class ConfigError(ValueError):
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bind: str = "127.0.0.1:8000"  # loopback by default: exposing the port is a deliberate act
-    models_dir: Path = Path("models")  # every sub-folder with a manifest.json is served
-    default_model: str = ""  # "" = wikitext2-lstm if present, else the first bundle by name
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA if onnxruntime can start it, else CPU; cuda: or fail
-    redis_url: str = Field("", repr=False)  # "" = embedded redis-server with data in redis_dir; may hold a password
-    redis_dir: Path = Path("var/redis")  # embedded Redis data: sessions survive a restart of `make serve`
-    workers: int = Field(2, ge=1, le=64)  # gunicorn processes; each loads every bundle once
-    connections: int = Field(4096, ge=16, le=100_000)  # open connections per worker (a greenlet each), idle ones included
-    ort_threads: int = Field(1, ge=1, le=256)  # onnxruntime intra-op threads per model; workers x this <= cores
-    session_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400)  # idle sessions expire; every access slides the expiry
-    max_text_tokens: int = Field(512, ge=1, le=100_000)  # tokens one request may feed
-    max_body_bytes: int = Field(64 * 1024, ge=256, le=64 << 20)  # larger request bodies get 413 before they are parsed
-    max_top_k: int = Field(1000, ge=1, le=1_000_000)  # largest top_k a client may ask for
-    max_generate_tokens: int = Field(256, ge=1, le=100_000)  # ceiling on max_tokens of a generation (400 above it)
-    max_streams: int = Field(1024, ge=1, le=100_000)  # open generations per worker (~0.1 MB each); beyond: 429 at once
-    max_batch_items: int = Field(256, ge=1, le=100_000)  # items in one POST /predict/batch; beyond: 400
-    max_request_tokens: int = Field(4096, ge=1, le=10_000_000)  # tokens one request may have the model read or generate (every item, prompt, max_tokens and replay); beyond: 400 before any work (docs/limits.md)
-    max_request_predictions: int = Field(4096, ge=1, le=10_000_000)  # words one answer may list (sum of top_k over items, scores, token details, logprobs); beyond: 400 before any work
-    max_response_bytes: int = Field(4 << 20, ge=64 * 1024, le=1 << 30)  # bound on one answer's bytes, estimated from the request and the vocabularies; beyond: 400 before any work
-    batch_max_size: int = Field(256, ge=1, le=4096)  # rows per onnxruntime call; every open stream advances each tick in calls of at most this
-    batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)  # how long every call waits for more rows (a queue delay)
-    cas_retries: int = Field(64, ge=0, le=10_000)  # re-runs of a step whose session changed underneath it, before 409
-    api_keys: tuple[str, ...] = Field((), repr=False)  # empty = open service (logged at startup)
-    api_keys_file: Path | None = None  # one more API key per line (`#` starts a comment line); read at startup
-    log_level: Literal["debug", "info", "warning", "error"] = "info"  # of the service's JSON log lines
-    log_text: bool = False  # log raw user text; off by default (privacy)
-    graceful_timeout: int = Field(30, ge=1, le=3600)  # seconds in-flight requests get after SIGTERM
-    prometheus_dir: Path = Path("var/prometheus")  # PROMETHEUS_MULTIPROC_DIR when the launcher sets it
-    cors_origins: tuple[str, ...] = ()  # none: only same-origin pages (the playground at /) may call the API from a browser
-    request_read_timeout_s: float = Field(5.0, ge=0.1, le=3600.0)  # for a request's head, then for its body; else 408
-    send_timeout_s: float = Field(30.0, ge=0.1, le=3600.0)  # a client that takes no bytes this long is cut off (streams too)
-    redis_maxmemory: str = Field("256mb", pattern=_SIZE)  # memory limit of the embedded Redis (redis.conf size); sessions idle longest go first
+    bind: str = Field("127.0.0.1:8000", description=(
+        "listen address; loopback by default: exposing the port is a deliberate act"))
+    models_dir: Path = Field(Path("models"), description=(
+        "every sub-folder with a `manifest.json` is served; re-read on SIGHUP "
+        "([reloading models](operations.md#reloading-models))"))
+    default_model: str = Field("", description=(
+        "model used when a request names none; empty: `wikitext2-lstm` if present, else the first bundle by name"))
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "`auto` (CUDA when onnxruntime can start it, else CPU), `cpu`, `cuda` (fails at startup without CUDA)"))
+    redis_url: str = Field("", repr=False, description=(  # may hold a password: kept out of repr
+        "the session store: `redis://`, `rediss://`, `unix://`, `redis+sentinel://` or `redis+cluster://` "
+        "([Redis topologies](operations.md#redis-topologies)); must answer at start; empty: an embedded Redis "
+        "with its data in NEXTWORD_REDIS_DIR"))
+    redis_dir: Path = Field(Path("var/redis"), description=(
+        "data folder of the embedded Redis: sessions survive a restart of `make serve`"))
+    workers: int = Field(2, ge=1, le=64, description="gunicorn processes; each loads every bundle once")
+    connections: int = Field(4096, ge=16, le=100_000, description=(
+        "open connections per worker, idle and streaming ones included (a greenlet each); at least an eighth "
+        "(and 8) are kept from streams, so health checks and `/predict` are always served (startup fails "
+        "otherwise)"))
+    ort_threads: int = Field(1, ge=1, le=256, description=(
+        "onnxruntime intra-op threads per model; keep workers × this ≤ cores"))
+    session_ttl_seconds: int = Field(3600, ge=1, le=30 * 86400, description=(
+        "idle sessions expire; every access slides the expiry"))
+    max_text_tokens: int = Field(512, ge=1, le=100_000, description="tokens one request may feed (400 above)")
+    max_body_bytes: int = Field(64 * 1024, ge=256, le=64 << 20, description=(
+        "request body limit: larger bodies get 413 before they are read"))
+    max_top_k: int = Field(1000, ge=1, le=1_000_000, description="largest `top_k` a client may ask for")
+    max_generate_tokens: int = Field(256, ge=1, le=100_000, description=(
+        "ceiling on `max_tokens` of a generation (400 above it)"))
+    max_streams: int = Field(1024, ge=1, le=100_000, description=(
+        "concurrent generations per worker (a memory and latency bound: every open stream, about 0.1 MB, "
+        "advances each tick); beyond it a generation is refused at once with 429 and `Retry-After: 1`"))
+    max_batch_items: int = Field(256, ge=1, le=100_000, description="items in one `POST /predict/batch` (400 above)")
+    max_request_tokens: int = Field(4096, ge=1, le=10_000_000, description=(
+        "tokens one request may have the model read or generate, all items, prompt, `max_tokens` and `logprobs` "
+        "replay together (400 before any work; [limits](limits.md))"))
+    max_request_predictions: int = Field(4096, ge=1, le=10_000_000, description=(
+        "words one answer may list: items × `top_k`, scores, token details, `logprobs` alternatives (400 before "
+        "any work)"))
+    max_response_bytes: int = Field(4 << 20, ge=64 * 1024, le=1 << 30, description=(
+        "bound on one answer's bytes, estimated from the request and the vocabularies (400 before any work)"))
+    batch_max_size: int = Field(256, ge=1, le=4096, description=(
+        "rows per onnxruntime call; a tick over more open streams takes several calls"))
+    batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0, description=(
+        "how long every scheduler call waits for more rows, busy or not (a queue delay); 0: whatever queued while "
+        "the last call ran forms the next one"))
+    cas_retries: int = Field(64, ge=0, le=10_000, description=(
+        "re-runs of a step that lost a race on its session (it changed underneath) before a 409"))
+    api_keys: tuple[str, ...] = Field((), repr=False, description=(
+        "comma-separated API keys; with none (and no NEXTWORD_API_KEYS_FILE) the service is open, which is "
+        "logged at startup"))
+    api_keys_file: Path | None = Field(None, description=(
+        "a file of more API keys, one a line (`#` starts a comment line); read at startup"))
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description=(
+        "of the service's JSON log lines: `debug`, `info`, `warning`, `error`"))
+    log_text: bool = Field(False, description="include raw user text in request logs; off by default (privacy)")
+    graceful_timeout: int = Field(30, ge=1, le=3600, description="seconds in-flight requests get after SIGTERM")
+    prometheus_dir: Path = Field(Path("var/prometheus"), description=(
+        "metrics files of all workers; wiped at start (the launcher sets the variable before Python starts)"))
+    cors_origins: tuple[str, ...] = Field((), description=(
+        "comma-separated origins (`https://app.example.com`) or `*` whose browser pages may call the API; empty: "
+        "none (the playground at `/` is same-origin and needs none)"))
+    request_read_timeout_s: float = Field(5.0, ge=0.1, le=3600.0, description=(
+        "deadline for a request's head, and then for its body; else 408 ([slow clients](operations.md#slow-clients))"))
+    send_timeout_s: float = Field(30.0, ge=0.1, le=3600.0, description=(
+        "a client that takes no bytes for this long is cut off, a stream's reader included (its generation then "
+        "commits nothing)"))
+    redis_maxmemory: str = Field("256mb", pattern=_SIZE, description=(
+        "memory limit of the embedded Redis (a redis.conf size; 0: none); sessions idle longest are evicted first "
+        "([Redis memory](operations.md#redis-memory))"))
 
     def __init__(self, **values) -> None:
         try:
@@ -186,15 +230,56 @@ def _redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-def settings_help() -> str:
-    """One line per setting: its environment variable, default and meaning, for `python -m service --help`.
+def _default(name: str) -> str:
+    """A field's default as a person writes the variable; "" for none."""
+    default = Settings.model_fields[name].default
+    return ",".join(default) if isinstance(default, tuple) else "" if default is None else str(default)
 
-    The meaning is the comment on the field's line in this file, so the help cannot drift from the code."""
-    comments = dict(re.findall(r"^    (\w+): [^=\n]+= [^\n]*?  # ([^\n]+)$", inspect.getsource(Settings), re.M))
-    defaults = Settings()
+
+def settings_help() -> str:
+    """One entry per setting: its environment variable, default and description, for `python -m service --help`
+    (a Markdown link of a description becomes the page's path)."""
     lines = []
     for name, variable in variables().items():
-        default = getattr(defaults, name)
-        shown = ",".join(default) if isinstance(default, tuple) else "" if default is None else str(default)
-        lines.append(f"  {variable} (default: {shown or 'empty'})\n      {comments.get(name, '')}".rstrip())
+        meaning = re.sub(r"\[([^]]+)\]\(([^)]+)\)", r"docs/\2", Settings.model_fields[name].description)
+        lines.append(f"  {variable} (default: {_default(name) or 'empty'})\n"
+                     + textwrap.fill(meaning, 110, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                       break_on_hyphens=False, break_long_words=False))
     return "\n".join(lines)
+
+
+TABLE_START, TABLE_END = "<!-- settings: generated by `python -m service.config --write docs/configuration.md` -->", \
+    "<!-- settings: end -->"
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (variable, default, description) that docs/configuration.md holds."""
+    rows = [f"| `{variable}` | {f'`{_default(name)}`' if _default(name) else 'empty'} | "
+            f"{Settings.model_fields[name].description} |" for name, variable in variables().items()]
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])
+
+
+def with_table(page: str) -> str:
+    """`page` with the text between its TABLE_START and TABLE_END lines replaced by `settings_table()`."""
+    head, found, rest = page.partition(TABLE_START + "\n")
+    _, end, tail = rest.partition(TABLE_END)
+    if not (found and end):
+        raise ValueError(f"the page has no {TABLE_START!r} ... {TABLE_END!r} block")
+    return f"{head}{TABLE_START}\n{settings_table()}\n{TABLE_END}{tail}"
+
+
+def main(argv: list[str]) -> int:
+    """`python -m service.config`: print the table; with `--write PAGE`, rewrite the page's table in place."""
+    if argv[:1] == ["--write"] and len(argv) == 2:
+        page = Path(argv[1])
+        page.write_text(with_table(page.read_text(encoding="utf-8")), encoding="utf-8")
+    elif argv:
+        print("usage: python -m service.config [--write docs/configuration.md]", file=sys.stderr)
+        return 2
+    else:
+        print(settings_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

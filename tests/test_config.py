@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, Settings, settings_help, variables
+from service.config import ConfigError, Settings, settings_help, settings_table, variables, with_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_from_an_empty_environment():
@@ -111,3 +113,19 @@ def test_help_names_every_variable_with_its_default_and_meaning():
     assert set(variables().values()) <= set(re.findall(r"^  (\w+) \(default: ", text, re.M))
     assert "  NEXTWORD_WORKERS (default: 2)\n      gunicorn processes; each loads every bundle once" in text
     assert "  NEXTWORD_API_KEYS_FILE (default: empty)\n" in text
+    assert "(docs/operations.md#reloading-models)" in text  # a Markdown link as its page
+
+
+def test_every_setting_is_described_on_its_field():
+    for name, field in Settings.model_fields.items():
+        assert field.description and "|" not in field.description, name  # one table cell each
+
+
+def test_the_configuration_page_holds_the_generated_table():
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert page == with_table(page), "run `python -m service.config --write docs/configuration.md`"
+    table = settings_table()
+    assert f"| `NEXTWORD_WORKERS` | `2` | {Settings.model_fields['workers'].description} |" in table
+    assert "| `REDIS_URL` | empty | " in table and table in page
+    for variable in variables().values():
+        assert f"| `{variable}` |" in table

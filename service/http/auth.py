@@ -13,9 +13,13 @@ import hmac
 from flask import Flask, g, request
 
 from service.errors import Unauthorized
+from service.http import api, browser
 
-OPEN_ENDPOINTS = {"ops.healthz", "ops.readyz", "ops.metrics", "ops.openapi",
-                  "playground.index", "playground.static", "docs.show"}  # the pages ask for a key themselves
+
+def open_endpoints() -> set[str]:
+    """What is served without a key: the operations declared open (service/http/api.py) and the pages for people,
+    which ask for a key themselves (browser.PAGES)."""
+    return api.open_endpoints() | set(browser.PAGES)
 
 
 def key_digest(key: str) -> str:
@@ -24,12 +28,13 @@ def key_digest(key: str) -> str:
 
 def init_app(app: Flask, keys: tuple[str, ...]) -> None:
     digests = [key_digest(k).encode() for k in keys]
+    open_ = open_endpoints()
 
     @app.before_request
     def authenticate() -> None:
         g.owner = ""
         # OPTIONS is a CORS preflight or Flask's automatic answer: it carries no key and reaches no data
-        if not digests or request.endpoint in OPEN_ENDPOINTS or request.endpoint is None or request.method == "OPTIONS":
+        if not digests or request.endpoint in open_ or request.endpoint is None or request.method == "OPTIONS":
             return
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")

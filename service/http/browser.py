@@ -2,8 +2,8 @@
 Swagger UI at `/docs` pointed at /openapi.json (its files ship in the flask-swagger-ui wheel: no
 CDN), and CORS headers for the origins in NEXTWORD_CORS_ORIGINS. Knows Flask, not models or Redis.
 
-The page and its assets are open endpoints (auth.OPEN_ENDPOINTS): the page asks the user for an
-API key and sends it only with its API calls.
+The page and its assets are open endpoints (`PAGES`, which auth.py exempts): the page asks the user for
+an API key and sends it only with its API calls.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ bp = Blueprint("playground", __name__, static_folder=STATIC, static_url_path="/p
 # Response headers a cross-origin page may read (the rest are hidden from its scripts by the browser).
 EXPOSED_HEADERS = ["X-Request-ID", "X-Model", "X-Session-Tokens", "X-Vocab-Size", "X-Dtype", "Retry-After",
                    "Location", "ETag"]
+PAGES = ("playground.index", "playground.static", "docs.show")  # for people, served without an API key
 CORS_MAX_AGE_S = 600  # browsers cache a preflight this long; origins change only with a restart
 
 

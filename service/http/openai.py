@@ -33,7 +33,10 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
 from service.engine import Done, Generation
-from service.errors import InternalError, InvalidInput, ModelMismatch, ServiceError
+from service.errors import (InternalError, InvalidInput, ModelMismatch, ModelUnavailable, Overloaded, ServiceError,
+                            SessionConflict, SessionNotFound, StateStoreFull, StateStoreUnavailable, UnknownModel)
+from service.http import answers
+from service.http.api import JSON, Reply, route
 from service.http.context import services
 from service.http.disconnect import watching
 from service.http.responses import SSE, SSE_HEADERS, sse_error
@@ -212,7 +215,7 @@ def _pieces(generation: Generation, logprobs: int | None, timing: _Timing, log_f
         yield Piece(joiner.add(event.word), _logprob(log_probs[event.id]), top)
 
 
-def _logprobs_view(pieces: list[Piece], offset: int = 0) -> dict:
+def _logprobs_view(pieces: list[Piece], offset: int = 0) -> answers.Logprobs:
     offsets, at = [], offset
     for p in pieces:
         offsets.append(at)
@@ -221,7 +224,7 @@ def _logprobs_view(pieces: list[Piece], offset: int = 0) -> dict:
             "top_logprobs": [p.top for p in pieces], "text_offset": offsets}
 
 
-def _usage(generation: Generation, done: Done | None) -> dict:
+def _usage(generation: Generation, done: Done | None) -> answers.Usage:
     prompt = len(generation.reading.tokens) if generation.reading is not None else 0
     completion = done.tokens if done is not None else generation.generated
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -232,8 +235,24 @@ def _chunk(cid: str, created: int, model: str, choices: list, **extra) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-@bp.post("/completions")
+@route(bp, "POST", "/completions", operation_id="createCompletion", tag="openai", request="completion", budget=True,
+       errors=(UnknownModel, SessionNotFound, ModelMismatch, SessionConflict, Overloaded, StateStoreUnavailable,
+               ModelUnavailable, StateStoreFull),
+       replies=(Reply(200, "The completion.", {JSON: answers.Completion, SSE: answers.CompletionEvent}),),
+       notes={400: "`max_tokens` above {max_generate_tokens} is a 400, not clamped; so is an OpenAI field at a value "
+                   "that is not served (`n` 2, penalties, `echo`, ...). `logprobs` costs one more model step per "
+                   "token and lists its alternatives."})
 def completions():
+    """OpenAI-compatible completions (the `openai` client with base_url .../v1)
+
+    OpenAI's legacy completions API over one generation. A token is a word of the model's vocabulary; `text` joins
+    them as the model's text convention writes them. `finish_reason` is `stop` (a stop word or `<eos>`, left out of
+    `text`) or `length`. With `stream`, `data: {chunk}` events in OpenAI's shape (`object: text_completion`, one
+    choice whose `text` is one token, then one with the `finish_reason`), then `data: [DONE]`; a failure mid-stream
+    is an `event: error` whose data is an OpenAIError (no [DONE]). Errors are OpenAIError objects (`message`,
+    `type`, `param`, `code`), which the `openai` client's exceptions carry. A non-streaming request whose client
+    goes away stops at its next token and commits nothing.
+    """
     started = time.perf_counter()
     req = _request()
     _check_budget(req)
@@ -256,11 +275,12 @@ def completions():
         finally:
             _discard(temporary)
     text = "".join(p.text for p in shown)
-    return jsonify({"id": cid, "object": "text_completion", "created": created, "model": done.model,
-                    "choices": [{"text": text, "index": 0,
-                                 "logprobs": _logprobs_view(shown) if req.logprobs is not None else None,
-                                 "finish_reason": _FINISH[done.finish_reason]}],
-                    "usage": _usage(generation, done)})
+    answer: answers.Completion = {
+        "id": cid, "object": "text_completion", "created": created, "model": done.model,
+        "choices": [{"text": text, "index": 0, "logprobs": _logprobs_view(shown) if req.logprobs is not None else None,
+                     "finish_reason": _FINISH[done.finish_reason]}],
+        "usage": _usage(generation, done)}
+    return jsonify(answer)
 
 
 def _started(req: CompletionRequest, generation: Generation, started: float) -> _Timing:
@@ -313,32 +333,45 @@ def _event_stream(req: CompletionRequest, generation: Generation, temporary: str
     return response
 
 
-def _model_object(bundle) -> dict:
+def _model_object(bundle) -> answers.OpenAIModel:
     # OpenAI's `created` is when the model was made: the bundle's export time, or its ONNX file's mtime (Bundle.created)
     return {"id": bundle.name, "object": "model", "created": bundle.created[0], "owned_by": "nextword"}
 
 
-@bp.get("/models")
+@route(bp, "GET", "/models", operation_id="listOpenAIModels", tag="openai",
+       replies=(Reply(200, "Every loaded model.", {JSON: answers.OpenAIModelList}),))
 def models():
-    return jsonify({"object": "list", "data": [_model_object(m.bundle) for m in services().engine.models.values()]})
+    """The loaded models in OpenAI's shape (what `client.models.list()` reads)"""
+    answer: answers.OpenAIModelList = {"object": "list",
+                                       "data": [_model_object(m.bundle) for m in services().engine.models.values()]}
+    return jsonify(answer)
 
 
-@bp.get("/models/<name>")
+@route(bp, "GET", "/models/<name>", operation_id="getOpenAIModel", tag="openai", errors=(UnknownModel,),
+       replies=(Reply(200, "The model.", {JSON: answers.OpenAIModel}),))
 def model(name: str):
+    """One model in OpenAI's shape"""
     return jsonify(_model_object(services().engine.model(name).bundle))
 
 
 def openai_error(status: int, message: str, kind: str, param: str | None = None, code: str | None = None) -> Response:
     """An error in OpenAI's own shape, which clients that speak only OpenAI's API print as they are."""
-    response = jsonify({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    answer: answers.OpenAIError = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    response = jsonify(answer)
     response.status_code = status
     return response
 
 
-@bp.post("/chat/completions")
+@route(bp, "POST", "/chat/completions", operation_id="createChatCompletion", tag="openai",
+       replies=(Reply(404, "Always.", {JSON: answers.OpenAIError}),))
 def chat_completions():
-    """Chat tools find a clear answer here, not a bare 404: these models continue text and have no chat format."""
+    """Not served: the models are completion models (use /v1/completions)
+
+    Tools that speak only OpenAI's chat API get a readable answer instead of a bare 404: a 404 in OpenAI's error
+    shape (`type` `invalid_request_error`, `code` `not_a_chat_model`) pointing to POST /v1/completions. The body is
+    not read.
+    """
     return openai_error(404, "The nextword models are completion models, not chat models: they continue a text "
                              "word by word and have no chat format, so /v1/chat/completions is not served. Send the "
                              "text to continue as `prompt` to POST /v1/completions.",
-                        "invalid_request_error", param="model", code="not_a_chat_model")
+                        "invalid_request_error", param="model", code=answers.NOT_A_CHAT_MODEL)

@@ -9,7 +9,11 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from service.budget import Cost
 from service.engine import BatchItem
-from service.errors import ClientClosedRequest, InvalidInput, NotAcceptable, ServiceError
+from service.errors import (ClientClosedRequest, InvalidInput, ModelMismatch, ModelUnavailable, NotAcceptable,
+                            Overloaded, PreconditionFailed, ServiceError, SessionConflict, SessionNotFound,
+                            StateStoreFull, StateStoreUnavailable, UnknownModel)
+from service.http import answers
+from service.http.api import BINARY, JSON, Reply, route
 from service.http.context import services
 from service.http.disconnect import watching
 from service.http.responses import error_item, etag, if_match, prediction_view
@@ -17,7 +21,8 @@ from service.http.validation import json_body, parse
 from service.suggest import Query
 
 bp = Blueprint("predict", __name__)
-BINARY = "application/octet-stream"
+_SESSION_ERRORS = (UnknownModel, SessionNotFound, ModelMismatch, SessionConflict, PreconditionFailed, Overloaded,
+                   StateStoreUnavailable, ModelUnavailable, StateStoreFull)  # a step, with or without a session
 
 
 def _wants_binary() -> bool:
@@ -27,8 +32,28 @@ def _wants_binary() -> bool:
     return best == BINARY
 
 
-@bp.post("/predict")
+@route(bp, "POST", "/predict", operation_id="predict", tag="predict", request="predict", headers=("If-Match",),
+       replies=(Reply(200, "The next-word distribution.", {
+           JSON: answers.Prediction, BINARY: "vocab_size float32 little-endian probabilities"},
+           headers=("X-Model", "X-Vocab-Size", "X-Dtype", "X-Session-Tokens", "ETag")),),
+       errors=(NotAcceptable, *_SESSION_ERRORS), budget=True,
+       notes={400: "A text of more than {max_text_tokens} tokens, or with no word, is a 400 on `text`."})
 def predict():
+    """Next-word distribution after a text (optionally continuing a session)
+
+    JSON by default: the `top_k` most likely next words. With `Accept: application/octet-stream` the body is the whole
+    next-word distribution: `vocab_size` little-endian float32 probabilities in vocabulary order (GET
+    /models/{name}/vocab), with the model in `X-Model` and the vocabulary size in `X-Vocab-Size`. With `session_id`,
+    the text is appended to the session's context (one compare-and-set write; concurrent calls on one session all
+    count), and the response's `ETag` is the session's new version.
+
+    For a keyboard: `prefix` is the word being typed (`text` holds the complete words before it, and may be empty).
+    Only vocabulary words starting with it are ranked, case-insensitively unless `case_sensitive`, their
+    probabilities renormalised over them; `filter.mass` is the probability they had together. `words_only` leaves
+    out `<unk>`, `<eos>`, punctuation and the corpus's placeholders. A prefix is never fed to a session: with
+    `session_id` and an empty `text` the answer is the distribution after what the session has read, and nothing is
+    written (same version, same `ETag`). The octet-stream answer and `scores` are always the raw distribution.
+    """
     binary = _wants_binary()
     engine = services().engine
     req = parse(services().shapes.predict, json_body())
@@ -58,10 +83,19 @@ def predict():
     return response
 
 
-@bp.post("/predict/batch")
+@route(bp, "POST", "/predict/batch", operation_id="predictBatch", tag="predict", request="batch",
+       replies=(Reply(200, "One result per item.", {JSON: answers.BatchResponse}),),
+       errors=(Overloaded, StateStoreUnavailable, ModelUnavailable), budget=True,
+       notes={400: "More than {max_batch_items} items is a 400 on `items`; a batch counts all its items together."})
 def predict_batch():
-    """Many items in one request: each result is what /predict answers for it, or its error with its status. A
-    client that goes away before the answer is written has the model work left for it skipped (engine's rule)."""
+    """Many /predict items in one request (a keyboard backend, a gateway)
+
+    Each result is exactly what /predict would answer for its item (JSON), or `{"error", "status"}` for an item that
+    failed; the others still apply. Items naming the same session apply in item order, as one write whose version
+    grows by the number of items applied. A malformed item makes the whole request a 400 naming `items[n]`. A client
+    that goes away before the answer is written has the model steps left for it skipped, and nothing of its batch
+    is written unless the write was made before it went.
+    """
     engine, budget = services().engine, services().budget
     req = parse(services().shapes.batch, json_body())  # a malformed item makes the request malformed: 400 naming it
     cost = sum((budget.item(i.text, i.model, i.top_k, i.session_id is not None) for i in req.items), Cost())
@@ -72,10 +106,12 @@ def predict_batch():
         results = engine.predict_batch(items, g.owner, client)
         if client.cancelled:  # nobody reads the answer: it is not built
             raise ClientClosedRequest("the client went away before its answer was written")
-    out = [error_item(r) if isinstance(r, ServiceError) else _view(r, item.top_k, _query(given))
-           for r, item, given in zip(results, items, req.items)]
+    out: list[answers.Prediction | answers.ItemError] = [
+        error_item(r) if isinstance(r, ServiceError) else _view(r, item.top_k, _query(given))
+        for r, item, given in zip(results, items, req.items)]
     g.log.update(items=len(items), failed=sum(isinstance(r, ServiceError) for r in results))
-    return jsonify({"results": out})
+    answer: answers.BatchResponse = {"results": out}
+    return jsonify(answer)
 
 
 def _query(req) -> Query:
@@ -83,29 +119,40 @@ def _query(req) -> Query:
     return Query(req.prefix, req.case_sensitive, req.words_only)
 
 
-def _view(result, k: int, query: Query) -> dict:
+def _view(result, k: int, query: Query) -> answers.Prediction:
     return prediction_view(result, services().engine.model(result.model).bundle.words, k,
                            services().lexicons[result.model], query)
 
 
-@bp.get("/models")
-def models():
-    engine = services().engine
-    return jsonify({"default": engine.default_model, "models": [
-        {**m.bundle.info(), "provider": m.runtime.provider, "session": engine.session_size(name)}
-        for name, m in engine.models.items()]})
-
-
-@bp.get("/models/<name>")
-def model(name: str):
+def _model_info(name: str) -> answers.ModelInfo:
     engine = services().engine
     m = engine.model(name)
-    return jsonify({**m.bundle.info(), "provider": m.runtime.provider, "session": engine.session_size(m.bundle.name),
-                    "manifest": m.bundle.manifest})
+    return {**m.bundle.info(), "provider": m.runtime.provider, "session": engine.session_size(m.bundle.name)}
 
 
-@bp.get("/models/<name>/vocab")
+@route(bp, "GET", "/models", operation_id="listModels", tag="models",
+       replies=(Reply(200, "Every loaded bundle.", {JSON: answers.ModelList}),))
+def models():
+    """The loaded models and the default one"""
+    engine = services().engine
+    answer: answers.ModelList = {"default": engine.default_model,
+                                 "models": [_model_info(name) for name in engine.models]}
+    return jsonify(answer)
+
+
+@route(bp, "GET", "/models/<name>", operation_id="getModel", tag="models", errors=(UnknownModel,),
+       replies=(Reply(200, "The model.", {JSON: answers.ModelDetail}),))
+def model(name: str):
+    """One model, with its manifest"""
+    answer: answers.ModelDetail = {**_model_info(name), "manifest": services().engine.model(name).bundle.manifest}
+    return jsonify(answer)
+
+
+@route(bp, "GET", "/models/<name>/vocab", operation_id="getVocabulary", tag="models", errors=(UnknownModel,),
+       replies=(Reply(200, "The vocabulary.", {JSON: answers.Vocabulary}),))
 def vocab(name: str):
+    """A model's vocabulary in id order"""
     bundle = services().engine.model(name).bundle
-    return jsonify({"model": bundle.name, "size": bundle.vocab_size, "words": list(bundle.words),
-                    "special_tokens": bundle.manifest["special_tokens"]})
+    answer: answers.Vocabulary = {"model": bundle.name, "size": bundle.vocab_size, "words": list(bundle.words),
+                                  "special_tokens": bundle.manifest["special_tokens"]}
+    return jsonify(answer)

@@ -1,5 +1,5 @@
 """How domain objects look on the wire: the one conversion of errors into JSON responses and SSE error events,
-session and prediction views, ETags and Server-Sent Events. Knows Flask's response objects, not the engine's
+session and prediction views (the dicts `answers.py` declares), ETags and Server-Sent Events. Knows Flask's response objects, not the engine's
 insides.
 
 An error has two shapes. The service's own, `{"error": {"code", "message", "field"}}`, everywhere but under
@@ -19,6 +19,7 @@ from flask.json.provider import JSONProvider
 
 from service import metrics
 from service.errors import InvalidInput, ServiceError
+from service.http import answers
 from service.sampling import top_k
 from service.state import SessionRecord
 from service.suggest import Lexicon, Query
@@ -97,7 +98,7 @@ def if_match(header: str | None) -> int | None:
     return int(match.group(1) or match.group(2))
 
 
-def session_view(record: SessionRecord) -> dict:
+def session_view(record: SessionRecord) -> answers.Session:
     return {"session_id": record.session_id, "model": record.model, "model_version": record.digest[:12],
             "tokens": record.tokens, "version": record.version, "created": record.created,
             "updated": record.updated, "expires_in": record.expires_in, "expires_at": time.time() + record.expires_in}
@@ -111,12 +112,12 @@ def session_response(record: SessionRecord, status: int = 200) -> Response:
 
 
 def prediction_view(prediction, words: tuple[str, ...], k: int, lexicon: Lexicon | None = None,
-                    query: Query | None = None) -> dict:
+                    query: Query | None = None) -> answers.Prediction:
     """What /predict answers in JSON for one prediction (also one result of /predict/batch). With a query that
     filters (a prefix, words only), its candidates ranked by the lexicon, and `filter` saying what was kept."""
     ranked = lexicon.rank(prediction.log_probs, k, query) if query is not None and query.filters else None
     ids, probs = (ranked.ids, ranked.probabilities) if ranked is not None else top_k(prediction.log_probs, k)
-    out = {"model": prediction.model,
+    out: answers.Prediction = {"model": prediction.model,
            "predictions": [{"word": words[i], "id": i, "probability": p} for i, p in zip(ids.tolist(), probs.tolist())],
            "tokens": prediction.reading.tokens,
            "unknown": prediction.reading.unknown}

@@ -9,7 +9,11 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
 from service import metrics
 from service.engine import Done, Generation, Token
-from service.errors import InternalError, ServiceError
+from service.errors import (InternalError, ModelMismatch, ModelUnavailable, Overloaded, PreconditionFailed,
+                            ServiceError, SessionConflict, SessionNotFound, StateStoreFull, StateStoreUnavailable,
+                            UnknownModel)
+from service.http import answers
+from service.http.api import JSON, Reply, route
 from service.http.context import services
 from service.http.disconnect import watching
 from service.http.responses import (SSE, SSE_HEADERS, etag, if_match, session_response, session_view, sse,
@@ -28,8 +32,15 @@ def _optional_json() -> dict:
     return json_body()
 
 
-@bp.post("/sessions")
+@route(bp, "POST", "/sessions", operation_id="createSession", tag="sessions", request="create_session",
+       body_required=False, errors=(UnknownModel, StateStoreUnavailable, StateStoreFull),
+       replies=(Reply(201, "Created.", {JSON: answers.Session}, headers=("Location", "ETag")),))
 def create():
+    """Start a session (recurrent state kept in Redis, idle ones expire)
+
+    The body may be omitted. Idle sessions expire after NEXTWORD_SESSION_TTL_SECONDS (now {session_ttl_seconds});
+    every access slides the expiry.
+    """
     req = parse(services().shapes.create_session, _optional_json())
     record = services().engine.create_session(req.model, g.owner)
     g.log.update(model=record.model)
@@ -38,22 +49,27 @@ def create():
     return response
 
 
-@bp.get("/sessions/<session_id>")
+@route(bp, "GET", "/sessions/<session_id>", operation_id="getSession", tag="sessions",
+       errors=(SessionNotFound, StateStoreUnavailable),
+       replies=(Reply(200, "The session.", {JSON: answers.Session}, headers=("ETag",)),))
 def show(session_id: str):
+    """A session's model, tokens consumed and expiry (slides the expiry)"""
     return session_response(services().engine.session_info(session_id, g.owner))
 
 
-@bp.delete("/sessions/<session_id>")
+@route(bp, "DELETE", "/sessions/<session_id>", operation_id="deleteSession", tag="sessions",
+       errors=(SessionNotFound, StateStoreUnavailable), replies=(Reply(204, "Deleted."),))
 def delete(session_id: str):
+    """End a session"""
     services().engine.delete_session(session_id, g.owner)
     return Response(status=204)
 
 
-def _token(token: Token) -> dict:
+def _token(token: Token) -> answers.TokenEvent:
     return {"index": token.index, "id": token.id, "word": token.word, "probability": token.probability}
 
 
-def _done(done: Done) -> dict:
+def _done(done: Done) -> answers.Done:
     return {"finish_reason": done.finish_reason, "text": done.text, "tokens": done.tokens, "model": done.model,
             "session": session_view(done.session)}
 
@@ -73,8 +89,25 @@ class _Timing:
         self.last, self.count = now, self.count + 1
 
 
-@bp.post("/sessions/<session_id>/generate")
+@route(bp, "POST", "/sessions/<session_id>/generate", operation_id="generate", tag="sessions", request="generate",
+       headers=("If-Match",), budget=True,
+       errors=(SessionNotFound, ModelMismatch, SessionConflict, PreconditionFailed, Overloaded, StateStoreUnavailable,
+               ModelUnavailable, StateStoreFull),
+       replies=(Reply(200, "The generation (JSON: `ETag` is the session's version after it).", {
+           JSON: answers.Generation, SSE: answers.GenerateEvent}),),
+       notes={400: "`max_tokens` above {max_generate_tokens} is a 400, not clamped."})
 def generate(session_id: str):
+    """Sample a continuation of a session, streamed as Server-Sent Events or as one JSON
+
+    With `Accept: text/event-stream`: one `event: token` per sampled word (data: TokenEvent), then `event: done`
+    (data: Done, the Generation without `token_details`); a failure mid-stream is an `event: error` whose data is an
+    Error. Otherwise the same generation drained into one JSON response. A generation is atomic: the session is
+    written once, when it has ended by itself and every token was handed to the connection, holding the prompt and
+    every token; `done` shows the session as written. A generation that fails or whose client goes away writes
+    nothing, not even its prompt; sent again (same seed), it gives the same tokens. With `If-Match`, a session that
+    is no longer at that version is a 412 before anything is sampled. The JSON answer's client is watched while it
+    runs: one that goes away stops the generation at its next token.
+    """
     started = time.perf_counter()
     stream = request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
     req = parse(services().shapes.generate, json_body())
@@ -100,7 +133,8 @@ def generate(session_id: str):
                 else:
                     done = event
         g.log["generated"] = done.tokens
-        response = jsonify({**_done(done), "token_details": tokens})
+        answer: answers.Generation = {**_done(done), "token_details": tokens}
+        response = jsonify(answer)
         response.headers["ETag"] = etag(done.session.version)
         return response
 

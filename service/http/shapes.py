@@ -11,7 +11,7 @@ it is not exactly what the API promises, ours is kept on top:
   JSON. Models therefore validate Python objects, in strict mode: `"5"` is not an integer, `true` is not a number.
 - JSON has one number type, so an integral float (`3.0`) is the integer 3 (`_integral`).
 - An optional field sent as `null` takes its default, as if absent (`Body._null_is_absent`); the document says so
-  by making every optional field nullable (`_Document`).
+  by making every optional field nullable (`DocumentSchema`).
 - Text rules pydantic has no words for are small functions here, each stated in the schema as well: not blank, no
   NUL, at least one word the tokenizer keeps (the `text` pattern, computed from the tokenizer once per process).
 
@@ -201,7 +201,7 @@ class Body(BaseModel):
 M = TypeVar("M", bound=Body)
 
 
-class _Document(GenerateJsonSchema):
+class DocumentSchema(GenerateJsonSchema):
     """JSON Schema as the document writes it: no titles; a field with a default is nullable (null means absent),
     written as a type list where it can be."""
 
@@ -210,6 +210,11 @@ class _Document(GenerateJsonSchema):
 
     def model_schema(self, schema):
         out = super().model_schema(schema)
+        out.pop("title", None)
+        return out
+
+    def typed_dict_schema(self, schema):  # the answers (service/http/answers.py)
+        out = super().typed_dict_schema(schema)
         out.pop("title", None)
         return out
 
@@ -252,7 +257,7 @@ class Shapes:
     def json_schemas(self) -> dict:
         """Each model's JSON Schema by name (those of nested models too), refs pointing at OpenAPI components."""
         models = [self.predict, self.batch, self.create_session, self.generate, self.completion]
-        _, top = models_json_schema([(m, "validation") for m in models], schema_generator=_Document,
+        _, top = models_json_schema([(m, "validation") for m in models], schema_generator=DocumentSchema,
                                     ref_template="#/components/schemas/{model}")
         return top["$defs"]
 
