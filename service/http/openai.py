@@ -33,7 +33,7 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
 from service.engine import Done, Generation
-from service.errors import InternalError, InvalidInput, ModelMismatch, ServiceError
+from service.errors import InternalError, InvalidInput, ServiceError
 from service.http.context import services
 from service.http.disconnect import watching
 from service.http.responses import SSE, SSE_HEADERS, sse_error
@@ -149,14 +149,11 @@ def _start(req: CompletionRequest, cancel=None) -> tuple[Generation, str | None]
         temporary = record.session_id
     else:
         record, temporary = engine.session_info(req.session_id, g.owner), None
-        if req.model is not None and req.model != record.model:
-            engine.model(req.model)  # an unknown model is a 404, as without a session
-            raise ModelMismatch(f"session {record.session_id} belongs to model {record.model!r}, not "
-                                f"{req.model!r}", field="model")
+        engine.model(req.model)  # an unknown model is a 404, as without a session; another one, the engine's 409
     try:
         stop = _stop_words(req.stop, engine.model(record.model).bundle.convention)
         return engine.start_generation(record.session_id, g.owner, req.prompt, req.params, req.max_tokens,
-                                       stop, cancel=cancel), temporary
+                                       stop, cancel=cancel, model=req.model), temporary
     except InvalidInput as e:
         if e.field == "text":  # the engine reads the prompt as its `text`
             e.field, e.message = "prompt", e.message.replace("`text`", "`prompt`")
