@@ -26,7 +26,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from service import metrics
-from service.errors import (ClientClosedRequest, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
+from service.errors import (ClientClosedRequest, Input, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
                             ServiceError, SessionConflict, UnknownModel)
 from service.group_commit import GroupCommit
 from service.sampling import SamplingParams
@@ -78,13 +78,13 @@ class SessionState:
         shape = bundle.state_shape
         if len(blob) != cls.nbytes(shape):
             raise ModelMismatch(f"session state has {len(blob)} bytes; model {bundle.name} needs "
-                                f"{cls.nbytes(shape)}: the session was made with another bundle", field="session_id")
+                                f"{cls.nbytes(shape)}: the session was made with another bundle", input=Input.SESSION)
         half = (len(blob) - 8) // 2
         floats = np.frombuffer(blob, dtype="<f4", count=half // 2)  # after, then before: read-only views, no copy
         after, before = floats[: half // 4].reshape(shape), floats[half // 4:].reshape(shape)
         last = int.from_bytes(blob[2 * half:], "little", signed=True)
         if not np.isfinite(floats).all() or not -1 <= last < bundle.vocab_size:
-            raise ModelMismatch("session state is corrupt (non-finite values or a bad token id)", field="session_id")
+            raise ModelMismatch("session state is corrupt (non-finite values or a bad token id)", input=Input.SESSION)
         return cls(after, before, last)
 
     def encode(self) -> bytes:
@@ -170,7 +170,7 @@ def _check_model(record: SessionRecord, model: str | None) -> None:
     """A caller that names a model must name the session's."""
     if model is not None and model != record.model:
         raise ModelMismatch(f"session {record.session_id} belongs to model {record.model!r}, not {model!r}",
-                            field="model")
+                            input=Input.MODEL)
 
 
 def _lost_race(session_id: str, pinned: bool = False, times: int = 1) -> ServiceError:
@@ -178,7 +178,7 @@ def _lost_race(session_id: str, pinned: bool = False, times: int = 1) -> Service
     named the version it expected, else SessionConflict."""
     changed = "changed" if times == 1 else f"changed {times} times"
     message = f"session {session_id} {changed} while this request ran; nothing was written"
-    return PreconditionFailed(message, field="session_id") if pinned else SessionConflict(message, field="session_id")
+    return PreconditionFailed(message, input=Input.SESSION) if pinned else SessionConflict(message, input=Input.SESSION)
 
 
 @dataclass(frozen=True)
@@ -245,15 +245,16 @@ class Engine:
             return self.models[name]
         except KeyError:
             raise UnknownModel(f"no model named {name!r}; loaded: {', '.join(sorted(self.models))}",
-                               field="model") from None
+                               input=Input.MODEL) from None
 
-    def read(self, scheduler: Scheduler, text: str, field: str = "text") -> Reading:
+    def read(self, scheduler: Scheduler, text: str) -> Reading:
         bundle = scheduler.bundle
         tokens = tokenize(text, bundle.convention)
         if not tokens:
-            raise InvalidInput(f"`{field}` has no words", field=field)
+            raise InvalidInput("the text has no words", input=Input.TEXT)
         if len(tokens) > self.max_text_tokens:
-            raise InvalidInput(f"`{field}` has {len(tokens)} tokens; the limit is {self.max_text_tokens}", field=field)
+            raise InvalidInput(f"the text has {len(tokens)} tokens; the limit is {self.max_text_tokens}",
+                               input=Input.TEXT)
         index, unk = bundle.index, bundle.unk
         ids = [index.get(t, unk) for t in tokens]
         unknown = [t for t, i in zip(tokens, ids) if i == unk and t != "<unk>"]
@@ -320,7 +321,7 @@ class Engine:
         if record.digest != scheduler.bundle.digest:
             raise ModelMismatch(f"session {session_id} was made with another version of {record.model!r} "
                                 f"({record.digest[:12]}, serving {scheduler.bundle.digest[:12]}); start a new session",
-                                field="session_id")
+                                input=Input.SESSION)
         return record, scheduler, SessionState.decode(record.state, scheduler)
 
     @staticmethod
@@ -329,7 +330,7 @@ class Engine:
         version = record.version + steps
         if if_version is not None and version != if_version:
             raise PreconditionFailed(f"session {record.session_id} is at version {version}, not {if_version}; "
-                                     "nothing was written", field="session_id")
+                                     "nothing was written", input=Input.SESSION)
 
     # --- batches ---------------------------------------------------------------------------------------------------
 
@@ -632,8 +633,7 @@ class Engine:
         With `cancel`, a caller found gone stops the generation at its next token, and it commits nothing; with
         `model`, a session of another model is refused."""
         if not self._streams.acquire(blocking=False):
-            raise Overloaded(f"this worker already runs {self.max_streams} generations; retry shortly",
-                             retry_after=1)
+            raise Overloaded(f"this worker already runs {self.max_streams} generations; retry shortly")
         slot = _Slot(self._streams)
         try:
             record, scheduler, state = self._load(session_id, owner, model)

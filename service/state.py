@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 import redis
 
-from service.errors import (InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
+from service.errors import (Input, InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
                             StateStoreUnavailable)
 from service.metrics import EXPIRY_WATCHER, REDIS_ERRORS, REDIS_LATENCY, SESSIONS_EXPIRED
 from service.redis_client import connect, database, is_cluster_client
@@ -298,7 +298,7 @@ class SessionStore:
             raise _not_found()
         if code == -1:
             raise SessionConflict(f"session changed underneath this write (expected version {expected_version}, "
-                                  f"found {int(reply[1])})", field="session_id")
+                                  f"found {int(reply[1])})", input=Input.SESSION)
         return _record(session_id, reply[1:], self.ttl, state=state)
 
     def delete(self, session_id: str, owner: str) -> SessionRecord:
@@ -389,7 +389,7 @@ def _store_error(operation: str, e: redis.RedisError) -> ServiceError:
         log.warning("redis %s failed: %s: %s", operation, type(e).__name__, e)
     else:  # OOM, MISCONF, WRONGTYPE, a script error...: still the store's fault, but worth a trace
         log.error("redis %s failed: %s: %s", operation, type(e).__name__, e, exc_info=True)
-    return StateStoreUnavailable("the session store is unavailable; retry shortly", retry_after=1)
+    return StateStoreUnavailable("the session store is unavailable; retry shortly")
 
 
 def _num(value: float) -> str:
@@ -397,7 +397,7 @@ def _num(value: float) -> str:
 
 
 def _not_found() -> SessionNotFound:
-    return SessionNotFound("unknown or expired session", field="session_id")
+    return SessionNotFound("unknown or expired session", input=Input.SESSION)
 
 
 # -- counting expirations ----------------------------------------------------------------------------------------

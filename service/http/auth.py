@@ -12,7 +12,7 @@ import hmac
 
 from flask import Flask, g, request
 
-from service.errors import Unauthorized
+from service.http.protocol import Unauthorized
 
 OPEN_ENDPOINTS = {"ops.healthz", "ops.readyz", "ops.metrics", "ops.openapi",
                   "playground.index", "playground.static", "docs.show"}  # the pages ask for a key themselves

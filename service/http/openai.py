@@ -33,12 +33,12 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
 from service.engine import Done, Generation
-from service.errors import InternalError, InvalidInput, ServiceError
+from service.errors import InternalError, ServiceError
 from service.http.context import services
 from service.http.disconnect import watching
 from service.http.responses import SSE, SSE_HEADERS, sse_error
 from service.http.sessions import _Timing
-from service.http.validation import json_body, parse
+from service.http.validation import json_body, parse, within_budget
 from service.sampling import SamplingParams, top_k
 from service.tokenizer import EOS, detokenize, tokenize
 
@@ -137,7 +137,7 @@ def _check_budget(req: CompletionRequest) -> None:
     cost = budget.generation(req.prompt or None, req.model, req.max_tokens, session=req.session_id is not None,
                              logprobs=req.logprobs)
     listed = "logprobs" if req.logprobs else "max_tokens"
-    budget.check(cost, "max_tokens", listed, what="this completion")
+    within_budget(budget, cost, "max_tokens", listed, what="this completion")
 
 
 def _start(req: CompletionRequest, cancel=None) -> tuple[Generation, str | None]:
@@ -154,11 +154,6 @@ def _start(req: CompletionRequest, cancel=None) -> tuple[Generation, str | None]
         stop = _stop_words(req.stop, engine.model(record.model).bundle.convention)
         return engine.start_generation(record.session_id, g.owner, req.prompt, req.params, req.max_tokens,
                                        stop, cancel=cancel, model=req.model), temporary
-    except InvalidInput as e:
-        if e.field == "text":  # the engine reads the prompt as its `text`
-            e.field, e.message = "prompt", e.message.replace("`text`", "`prompt`")
-        _discard(temporary)
-        raise
     except BaseException:
         _discard(temporary)
         raise

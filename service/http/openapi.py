@@ -12,7 +12,7 @@ Errors under /v1/ have OpenAI's shape (`OpenAIError`), all others the service's 
 from __future__ import annotations
 
 from service.config import Settings
-from service.errors import ERROR_TYPES, OPENAI_TYPES
+from service.http.errors import ERROR_TYPES, OPENAI_TYPES, RETRY_AFTER_S
 from service.http.shapes import for_settings
 
 VERSION = "0.1.0"
@@ -96,10 +96,10 @@ def _e429() -> dict:
 
 
 def _e503(*codes: str) -> dict:
-    return _error("Redis (the session store) cannot be reached, or the model runtime failed; retry after "
-                  "`Retry-After` seconds when it is sent.", *codes,
-                  headers={"Retry-After": {"description": "Seconds to wait before retrying; sent with "
-                                                          "`state_store_unavailable` and `overloaded`.",
+    retried = " and ".join(f"`{code}`" for code in codes if code in RETRY_AFTER_S)  # the error table's
+    return _error("Redis (the session store) cannot be reached, or the model runtime failed or is shutting down; "
+                  "retry after `Retry-After` seconds.", *codes,
+                  headers={"Retry-After": {"description": f"Seconds to wait before retrying; sent with {retried}.",
                                            "schema": {"type": "integer", "minimum": 0}}})
 
 

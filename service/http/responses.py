@@ -18,7 +18,9 @@ from flask import Response, has_request_context, jsonify, request
 from flask.json.provider import JSONProvider
 
 from service import metrics
-from service.errors import InvalidInput, ServiceError
+from service.errors import ServiceError
+from service.http import errors
+from service.http.protocol import InvalidField
 from service.sampling import top_k
 from service.state import SessionRecord
 from service.suggest import Lexicon, Query
@@ -49,26 +51,23 @@ class FastJSON(JSONProvider):
 def error_body(error: ServiceError) -> dict:
     """The error in the shape of the surface the request came to (OpenAI's under /v1/)."""
     if has_request_context() and (request.path + "/").startswith(OPENAI_PREFIX):
-        return error.to_openai()
-    return error.to_dict()
+        return errors.openai_body(error)
+    return errors.native_body(error)
 
 
 def error_response(error: ServiceError) -> Response:
-    """The JSON error body with its status, Retry-After from the error's hint, and any HTTP headers it carries."""
+    """The JSON error body with the status and headers (Retry-After, WWW-Authenticate...) of the error table."""
     metrics.ERRORS.labels(code=error.code).inc()
     response = jsonify(error_body(error))
-    response.status_code = error.status
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(error.retry_after)
-    for name, value in error.headers.items():
-        response.headers[name] = value
+    response.status_code = errors.status(error)
+    response.headers.update(errors.headers(error))
     return response
 
 
 def error_item(error: ServiceError) -> dict:
     """A failed item of a batch: the same error object, with the status it would have had alone."""
     metrics.ERRORS.labels(code=error.code).inc()
-    return {**error.to_dict(), "status": error.status}
+    return {**errors.native_body(error), "status": errors.status(error)}
 
 
 def sse(event: str, data: dict) -> str:
@@ -93,7 +92,7 @@ def if_match(header: str | None) -> int | None:
         return None
     match = _IF_MATCH.fullmatch(header)
     if match is None:
-        raise InvalidInput('If-Match must be a session\'s ETag, a quoted version number such as "7"', field="If-Match")
+        raise InvalidField('If-Match must be a session\'s ETag, a quoted version number such as "7"', field="If-Match")
     return int(match.group(1) or match.group(2))
 
 

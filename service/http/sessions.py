@@ -14,7 +14,7 @@ from service.http.context import services
 from service.http.disconnect import watching
 from service.http.responses import (SSE, SSE_HEADERS, etag, if_match, session_response, session_view, sse,
                                     sse_error)
-from service.http.validation import json_body, parse
+from service.http.validation import json_body, parse, within_budget
 from service.sampling import SamplingParams
 
 bp = Blueprint("sessions", __name__)
@@ -79,8 +79,8 @@ def generate(session_id: str):
     stream = request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
     req = parse(services().shapes.generate, json_body())
     budget = services().budget
-    budget.check(budget.generation(req.text, None, req.max_tokens, session=True), "max_tokens", "max_tokens",
-                 what="this generation")
+    within_budget(budget, budget.generation(req.text, None, req.max_tokens, session=True), "max_tokens",
+                  "max_tokens", what="this generation")
     params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed)
     version = if_match(request.headers.get("If-Match"))
     if stream:  # a client that leaves mid-stream is noticed at the next write (the WSGI server closes the response)
