@@ -3,7 +3,7 @@ call can fail without an answer (no connection, a stream cut short). Knows no HT
 nothing of the service: this distribution installs alone (`pip install ./clients/python`).
 
 `CODES` is the client's own copy of the service's error table; tests/test_client.py checks it against the
-service's (`service/errors.py`), so a code added there fails that test until it is added here.
+service's (`service/http/errors.py`), so a code added there fails that test until it is added here.
 `SessionNotFound` has `.code == "session_not_found"` and `.status == 404`. A code this client does not
 know (a newer server) is still an `APIError`.
 """
@@ -73,6 +73,8 @@ CODES = (
     ("PreconditionFailed", "precondition_failed", 412, "The session is no longer at `if_version`; nothing was written."),
     ("PayloadTooLarge", "payload_too_large", 413, "The request body is over the service's size limit."),
     ("UnsupportedMediaType", "unsupported_media_type", 415, "The request body must be JSON."),
+    ("ClientClosedRequest", "client_closed_request", 499,
+     "The call went away before its answer was written (logged by the service; a client never reads it)."),
     ("Overloaded", "overloaded", 429, "Too many streams or queued steps; retry after `.retry_after` seconds."),
     ("InternalError", "internal", 500, "A bug in the service; quote `.request_id` when reporting it."),
     ("StateStoreUnavailable", "state_store_unavailable", 503, "The service cannot reach Redis; retry later."),
