@@ -22,7 +22,6 @@ that object, which the client raises.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -32,12 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
+from service import metrics
 from service.engine import Done, Generation
 from service.errors import InternalError, ServiceError
 from service.http.context import services
 from service.http.disconnect import watching
-from service.http.responses import SSE, SSE_HEADERS, sse_error
-from service.http.sessions import _Timing
+from service.http.responses import SSE, SSE_HEADERS, sse_data, sse_error
 from service.http.validation import json_body, parse, within_budget
 from service.sampling import SamplingParams, top_k
 from service.tokenizer import EOS, detokenize, tokenize
@@ -47,7 +46,10 @@ log = logging.getLogger("nextword")
 
 LOGPROB_FLOOR = -9999.0  # what a probability of 0 is reported as (JSON has no -Infinity)
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-_JOINER = "a"  # a word standing for a session's unknown earlier words, so the first generated word gets its space
+# A session's earlier words are not stored, yet the first generated word must be spaced as if it followed them:
+# the joiner starts from this word in their place. Any plain word would do (a convention spaces what follows it
+# as it spaces what follows a word); "a" is a short one that no convention rewrites.
+_JOINER = "a"
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ def _logprob(value) -> float:
     return max(float(value), LOGPROB_FLOOR)
 
 
-def _pieces(generation: Generation, logprobs: int | None, timing: _Timing, log_fields: dict
+def _pieces(generation: Generation, logprobs: int | None, timing: metrics.StreamTimer, log_fields: dict
             ) -> Iterator[Piece | Done]:
     """The generation as pieces of `text` (a stop word or `<eos>` that ends it yields none), then its Done."""
     bundle = generation.scheduler.bundle
@@ -221,7 +223,7 @@ def _usage(generation: Generation, done: Done | None) -> dict:
 
 def _chunk(cid: str, created: int, model: str, choices: list, **extra) -> str:
     data = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices, **extra}
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return sse_data(data)
 
 
 @bp.post("/completions")
@@ -255,10 +257,10 @@ def completions():
                     "usage": _usage(generation, done)})
 
 
-def _started(req: CompletionRequest, generation: Generation, started: float) -> _Timing:
+def _started(req: CompletionRequest, generation: Generation, started: float) -> metrics.StreamTimer:
     g.log.update(model=generation.model, greedy=req.params.greedy, generated=0,
                  tokens=len(generation.reading.tokens) if generation.reading else 0)
-    return _Timing(generation.model, started)
+    return metrics.StreamTimer(generation.model, started)
 
 
 def _event_stream(req: CompletionRequest, generation: Generation, temporary: str | None,

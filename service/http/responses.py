@@ -3,9 +3,10 @@ session and prediction views, ETags and Server-Sent Events. Knows Flask's respon
 insides.
 
 An error has two shapes. The service's own, `{"error": {"code", "message", "field"}}`, everywhere but under
-`/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}` (`ServiceError.to_openai`), so
-that the `openai` package's exceptions carry `param` (the OpenAI name of the field at fault: `prompt`, not `text`),
-`type` and `code` (the service's code). The status and headers are the same in both.
+`/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}`, so that the `openai`
+package's exceptions carry `param` (the OpenAI name of the field at fault: `prompt`, not `text`), `type` and
+`code` (the service's code). The status and headers are the same in both: all of it comes from the one error
+table (service/http/errors.py).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ OPENAI_PREFIX = "/v1/"  # the OpenAI surface, whose errors have OpenAI's shape
 
 
 class FastJSON(JSONProvider):
-    """Flask's JSON (`jsonify`, `request.get_json`) through orjson, which encodes a prediction body several times
-    faster than the standard library (py-spy: JSON encoding was the largest single share of a batch request's
-    Python time). The output is standard JSON: keys in insertion order, UTF-8 text unescaped, floats in their
-    shortest round-trip form; NaN and Infinity are refused on the way in (RFC 8259)."""
+    """Flask's JSON (`jsonify`, `request.get_json`) through orjson, the one encoder of JSON bodies and SSE events
+    (`dumps`): encoding is a large share of a request's Python time, and orjson's is a fraction of the standard
+    library's (docs/benchmarks.md). The output is standard JSON: keys in insertion order, UTF-8 text unescaped,
+    floats in their shortest round-trip form; NaN and Infinity are refused on the way in (RFC 8259)."""
 
     def dumps(self, obj, **kwargs) -> str:
-        return orjson.dumps(obj).decode()
+        return dumps(obj)
 
     def loads(self, s, **kwargs):
         return orjson.loads(s)
@@ -70,8 +71,18 @@ def error_item(error: ServiceError) -> dict:
     return {**errors.native_body(error), "status": errors.status(error)}
 
 
+def dumps(obj) -> str:
+    """JSON text as the app writes it (FastJSON)."""
+    return orjson.dumps(obj).decode()
+
+
 def sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
+    return f"event: {event}\ndata: {dumps(data)}\n\n"
+
+
+def sse_data(data: dict) -> str:
+    """An event without a name (a `message`, as OpenAI's stream chunks are)."""
+    return f"data: {dumps(data)}\n\n"
 
 
 def sse_error(error: ServiceError) -> str:

@@ -58,21 +58,6 @@ def _done(done: Done) -> dict:
             "session": session_view(done.session)}
 
 
-class _Timing:
-    """Time to first token and between tokens, as the client's connection sees them (when each is handed over)."""
-
-    def __init__(self, model: str, started: float):
-        self.first = metrics.STREAM_FIRST_TOKEN.labels(model=model)
-        self.between = metrics.STREAM_INTER_TOKEN.labels(model=model)
-        self.last = started
-        self.count = 0
-
-    def token(self) -> None:
-        now = time.perf_counter()
-        (self.between if self.count else self.first).observe(now - self.last)
-        self.last, self.count = now, self.count + 1
-
-
 @bp.post("/sessions/<session_id>/generate")
 def generate(session_id: str):
     started = time.perf_counter()
@@ -105,13 +90,13 @@ def generate(session_id: str):
         return response
 
 
-def _started(generation: Generation, params: SamplingParams, started: float) -> _Timing:
+def _started(generation: Generation, params: SamplingParams, started: float) -> metrics.StreamTimer:
     g.log.update(model=generation.model, greedy=params.greedy,
                  tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
-    return _Timing(generation.model, started)
+    return metrics.StreamTimer(generation.model, started)
 
 
-def _event_stream(generation: Generation, timing: _Timing, log_fields: dict) -> Response:
+def _event_stream(generation: Generation, timing: metrics.StreamTimer, log_fields: dict) -> Response:
     """The generation as Server-Sent Events. The WSGI server closes the response when the client goes away (or
     after the last event): that one close cancels the stream and frees its slot."""
 
