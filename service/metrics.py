@@ -10,7 +10,6 @@ session id or a raw path.
 from __future__ import annotations
 
 import os
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -93,19 +92,3 @@ def mark_process_dead(pid: int) -> None:
     """gunicorn child_exit hook: a dead worker's live gauges stop counting."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
-
-
-class StreamTimer:
-    """Time to first token and between tokens of one stream, as its client's connection sees them (when each token
-    is handed over), into STREAM_FIRST_TOKEN and STREAM_INTER_TOKEN."""
-
-    def __init__(self, model: str, started: float):
-        self.first = STREAM_FIRST_TOKEN.labels(model=model)
-        self.between = STREAM_INTER_TOKEN.labels(model=model)
-        self.last = started  # time.perf_counter() when the request began
-        self.count = 0
-
-    def token(self) -> None:
-        now = time.perf_counter()
-        (self.between if self.count else self.first).observe(now - self.last)
-        self.last, self.count = now, self.count + 1

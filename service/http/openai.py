@@ -31,12 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
-from service import metrics
 from service.engine import Done, Generation
 from service.errors import InternalError, ServiceError
 from service.http.context import services
 from service.http.disconnect import watching
-from service.http.responses import SSE, SSE_HEADERS, sse_data, sse_error
+from service.http.responses import SSE, SSE_HEADERS, StreamTimer, sse_data, sse_error
 from service.http.validation import json_body, parse, within_budget
 from service.sampling import SamplingParams, top_k
 from service.tokenizer import EOS, detokenize, tokenize
@@ -176,7 +175,7 @@ def _logprob(value) -> float:
     return max(float(value), LOGPROB_FLOOR)
 
 
-def _pieces(generation: Generation, logprobs: int | None, timing: metrics.StreamTimer, log_fields: dict
+def _pieces(generation: Generation, logprobs: int | None, timing: StreamTimer, log_fields: dict
             ) -> Iterator[Piece | Done]:
     """The generation as pieces of `text` (a stop word or `<eos>` that ends it yields none), then its Done."""
     bundle = generation.scheduler.bundle
@@ -257,10 +256,10 @@ def completions():
                     "usage": _usage(generation, done)})
 
 
-def _started(req: CompletionRequest, generation: Generation, started: float) -> metrics.StreamTimer:
+def _started(req: CompletionRequest, generation: Generation, started: float) -> StreamTimer:
     g.log.update(model=generation.model, greedy=req.params.greedy, generated=0,
                  tokens=len(generation.reading.tokens) if generation.reading else 0)
-    return metrics.StreamTimer(generation.model, started)
+    return StreamTimer(generation.model, started)
 
 
 def _event_stream(req: CompletionRequest, generation: Generation, temporary: str | None,

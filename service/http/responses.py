@@ -1,6 +1,6 @@
 """How domain objects look on the wire: the one conversion of errors into JSON responses and SSE error events,
-session and prediction views, ETags and Server-Sent Events. Knows Flask's response objects, not the engine's
-insides.
+session and prediction views, ETags, Server-Sent Events and the timing of their tokens. Knows Flask's response
+objects, not the engine's insides.
 
 An error has two shapes. The service's own, `{"error": {"code", "message", "field"}}`, everywhere but under
 `/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}`, so that the `openai`
@@ -90,6 +90,22 @@ def sse_error(error: ServiceError) -> str:
     under /v1/; call it while the request's context lasts, as a `stream_with_context` generator does)."""
     metrics.ERRORS.labels(code=error.code).inc()
     return sse("error", error_body(error))
+
+
+class StreamTimer:
+    """Time to first token and between tokens of one stream, as its client's connection sees them (when each token
+    is handed over), into the stream metrics."""
+
+    def __init__(self, model: str, started: float):
+        self.first = metrics.STREAM_FIRST_TOKEN.labels(model=model)
+        self.between = metrics.STREAM_INTER_TOKEN.labels(model=model)
+        self.last = started  # time.perf_counter() when the request began
+        self.count = 0
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        (self.between if self.count else self.first).observe(now - self.last)
+        self.last, self.count = now, self.count + 1
 
 
 def etag(version: int) -> str:

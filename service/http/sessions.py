@@ -7,12 +7,11 @@ import time
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from service import metrics
 from service.engine import Done, Generation, Token
 from service.errors import InternalError, ServiceError
 from service.http.context import services
 from service.http.disconnect import watching
-from service.http.responses import (SSE, SSE_HEADERS, etag, if_match, session_response, session_view, sse,
+from service.http.responses import (SSE, SSE_HEADERS, StreamTimer, etag, if_match, session_response, session_view, sse,
                                     sse_error)
 from service.http.validation import json_body, parse, within_budget
 from service.sampling import SamplingParams
@@ -90,13 +89,13 @@ def generate(session_id: str):
         return response
 
 
-def _started(generation: Generation, params: SamplingParams, started: float) -> metrics.StreamTimer:
+def _started(generation: Generation, params: SamplingParams, started: float) -> StreamTimer:
     g.log.update(model=generation.model, greedy=params.greedy,
                  tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
-    return metrics.StreamTimer(generation.model, started)
+    return StreamTimer(generation.model, started)
 
 
-def _event_stream(generation: Generation, timing: metrics.StreamTimer, log_fields: dict) -> Response:
+def _event_stream(generation: Generation, timing: StreamTimer, log_fields: dict) -> Response:
     """The generation as Server-Sent Events. The WSGI server closes the response when the client goes away (or
     after the last event): that one close cancels the stream and frees its slot."""
 

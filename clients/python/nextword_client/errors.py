@@ -73,8 +73,6 @@ CODES = (
     ("PreconditionFailed", "precondition_failed", 412, "The session is no longer at `if_version`; nothing was written."),
     ("PayloadTooLarge", "payload_too_large", 413, "The request body is over the service's size limit."),
     ("UnsupportedMediaType", "unsupported_media_type", 415, "The request body must be JSON."),
-    ("ClientClosedRequest", "client_closed_request", 499,
-     "The call went away before its answer was written (logged by the service; a client never reads it)."),
     ("Overloaded", "overloaded", 429, "Too many streams or queued steps; retry after `.retry_after` seconds."),
     ("InternalError", "internal", 500, "A bug in the service; quote `.request_id` when reporting it."),
     ("StateStoreUnavailable", "state_store_unavailable", 503, "The service cannot reach Redis; retry later."),
@@ -86,6 +84,8 @@ CODES = (
     ("HeadersTooLarge", "headers_too_large", 431, "Too many or too large header fields."),
     ("TransferCodingNotImplemented", "transfer_coding_not_implemented", 501, "A Transfer-Encoding other than chunked."),
     ("StateStoreFull", "state_store_full", 507, "Redis is out of memory; an operator must free or add memory."),
+    ("ClientClosedRequest", "client_closed_request", 499,
+     "The client left before its answer was written (the service's logs and metrics; no client receives it)."),
 )
 
 _BY_CODE: dict[str, type[APIError]] = {
