@@ -9,7 +9,8 @@ Three quantities are bounded per request, by every endpoint that reaches a model
   alternatives (NEXTWORD_MAX_REQUEST_PREDICTIONS);
 - answer bytes: an upper bound on the answer's size, from the two above, the request's text and the longest
   word the answer may carry; the whole vector's bytes for application/octet-stream (NEXTWORD_MAX_RESPONSE_BYTES).
-A request past one of them is an `InvalidInput` naming the field to reduce and the limit's variable. A text is
+A request past one of them is an `InvalidInput` naming the quantity (`Input.TOKENS`, `PREDICTIONS`, `ANSWER`;
+the HTTP layer names the field that asks for it) and the limit's variable. A text is
 counted with the text convention of the model that reads it; a session's model is known only once it is read, so
 its items are counted with every loaded convention, and the largest count stands.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import orjson
 
 from service.bundle import Bundle
-from service.errors import InvalidInput
+from service.errors import Input, InvalidInput
 from service.tokenizer import tokenize
 
 # JSON bytes around a listed word, its id and its probability; and around one token of a generation
@@ -108,17 +109,15 @@ class Budget:
 
     # --- the check -----------------------------------------------------------------------------------------------------
 
-    def check(self, cost: Cost, tokens_field: str, predictions_field: str, bytes_field: str | None = None,
-              what: str = "this request") -> None:
-        """Raises InvalidInput naming the field to reduce when `cost` passes a limit."""
+    def check(self, cost: Cost, what: str = "this request") -> None:
+        """Raises InvalidInput naming the quantity to reduce when `cost` passes a limit."""
         if cost.tokens > self.max_tokens:
             raise InvalidInput(f"{what} would have the model read or generate {cost.tokens} tokens; the limit is "
                                f"{self.max_tokens} (NEXTWORD_MAX_REQUEST_TOKENS): send less text or ask for fewer "
-                               "tokens", field=tokens_field)
+                               "tokens", input=Input.TOKENS)
         if cost.predictions > self.max_predictions:
             raise InvalidInput(f"{what} would list {cost.predictions} words; the limit is {self.max_predictions} "
-                               "(NEXTWORD_MAX_REQUEST_PREDICTIONS): ask for fewer", field=predictions_field)
+                               "(NEXTWORD_MAX_REQUEST_PREDICTIONS): ask for fewer", input=Input.PREDICTIONS)
         if cost.answer_bytes > self.max_answer_bytes:
             raise InvalidInput(f"{what} could take up to {cost.answer_bytes} bytes to answer; the limit is "
-                               f"{self.max_answer_bytes} (NEXTWORD_MAX_RESPONSE_BYTES)",
-                               field=bytes_field or predictions_field)
+                               f"{self.max_answer_bytes} (NEXTWORD_MAX_RESPONSE_BYTES)", input=Input.ANSWER)

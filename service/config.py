@@ -4,14 +4,13 @@ Each field is read from the variable NEXTWORD_<FIELD> (REDIS_URL and PROMETHEUS_
 customary names). pydantic parses and range-checks the values; a value is stripped first, and a blank one
 means the default. Any failure is one ConfigError naming the variable, in the words of `_WORDING`.
 `Settings(...)` holds exactly its arguments (tests and the OpenAPI document build one); only `from_env`
-reads the environment. pydantic is laxer than the hand-written parser it replaced in two ways: an integer may be
-written `3.0`, and a boolean `t`, `y`, `f` or `n`.
+reads the environment. pydantic takes an integer written `3.0`, and a boolean written `t`, `y`, `f` or `n`.
 
 Each field's `description` is the one account of its setting: `python -m service --help` prints it
 (`settings_help`), and the table of docs/configuration.md is generated from it (`python -m service.config --write
 docs/configuration.md`; tests/test_config.py holds the page to it).
 
-Why pydantic and not pydantic-settings, which was tried (2.16): its environment source matches variable
+Why pydantic and not pydantic-settings (2.16): its environment source matches variable
 names case-insensitively (`nextword_workers=5` was read as NEXTWORD_WORKERS), and with `case_sensitive=True`
 in the field's own case (it then looked for `NEXTWORD_workers`); it reads only `os.environ` (a mapping, as
 `from_env` takes one, needs overriding its private `_load_env_vars`); it parses a tuple as JSON unless

@@ -19,14 +19,14 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from service import metrics
-from service.errors import (ClientClosedRequest, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
+from service.errors import (ClientClosedRequest, Input, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
                             ServiceError, SessionConflict, UnknownModel)
 from service.group_commit import GroupCommit
 from service.sampling import SamplingParams
@@ -78,13 +78,13 @@ class SessionState:
         shape = bundle.state_shape
         if len(blob) != cls.nbytes(shape):
             raise ModelMismatch(f"session state has {len(blob)} bytes; model {bundle.name} needs "
-                                f"{cls.nbytes(shape)}: the session was made with another bundle", field="session_id")
+                                f"{cls.nbytes(shape)}: the session was made with another bundle", input=Input.SESSION)
         half = (len(blob) - 8) // 2
         floats = np.frombuffer(blob, dtype="<f4", count=half // 2)  # after, then before: read-only views, no copy
         after, before = floats[: half // 4].reshape(shape), floats[half // 4:].reshape(shape)
         last = int.from_bytes(blob[2 * half:], "little", signed=True)
         if not np.isfinite(floats).all() or not -1 <= last < bundle.vocab_size:
-            raise ModelMismatch("session state is corrupt (non-finite values or a bad token id)", field="session_id")
+            raise ModelMismatch("session state is corrupt (non-finite values or a bad token id)", input=Input.SESSION)
         return cls(after, before, last)
 
     def encode(self) -> bytes:
@@ -119,6 +119,66 @@ class BatchItem:
     model: str | None = None
     if_version: int | None = None
     top_k: int = 10
+    scores: bool = False  # each token's probability given the ones before it (a model step per token)
+
+
+class _Call(NamedTuple):
+    """One caller's item in the group commit."""
+
+    item: BatchItem
+    owner: str
+    cancel: Cancel | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Tokens to feed: after a session's state, or from the zero state (`state` None: a stateless step)."""
+
+    scheduler: Scheduler
+    ids: np.ndarray  # (seq,) int64
+    state: SessionState | None
+    scores: bool = False  # fed one token at a time, each token's probability kept
+
+
+@dataclass(frozen=True)
+class _Stepped:
+    """What feeding a job gave: the next word's distribution and the state to store."""
+
+    log_probs: np.ndarray  # (vocab,) float32
+    state: SessionState
+    scores: np.ndarray | None = None  # (seq,) float64, for a job that asked for them
+
+
+@dataclass
+class _Write:
+    """A session's pending write: the record it was read at, the state its steps leave, the items those steps were
+    (in order; none for a generation, whose one step is its stream), and what the write counts as."""
+
+    record: SessionRecord
+    scheduler: Scheduler
+    state: SessionState
+    items: list[int]
+    steps: int = 0  # the version grows by this many
+    tokens: int = 0  # tokens consumed
+
+    def add(self, item: int, state: SessionState, tokens: int) -> None:
+        self.items.append(item)
+        self.state, self.steps, self.tokens = state, self.steps + 1, self.tokens + tokens
+
+
+def _check_model(record: SessionRecord, model: str | None) -> None:
+    """A caller that names a model must name the session's."""
+    if model is not None and model != record.model:
+        raise ModelMismatch(f"session {record.session_id} belongs to model {record.model!r}, not {model!r}",
+                            input=Input.MODEL)
+
+
+def _lost_race(session_id: str, pinned: bool = False, times: int = 1) -> ServiceError:
+    """The error of a write that lost its race to another and is not re-run: PreconditionFailed for a caller that
+    named the version it expected, else SessionConflict."""
+    changed = "changed" if times == 1 else f"changed {times} times"
+    message = f"session {session_id} {changed} while this request ran; nothing was written"
+    return PreconditionFailed(message, input=Input.SESSION) if pinned else SessionConflict(message, input=Input.SESSION)
 
 
 @dataclass(frozen=True)
@@ -170,8 +230,7 @@ class Engine:
         self._session_bytes: dict[str, tuple[int | None, float]] = {}  # model -> (Redis bytes per session, when)
         # The session steps of concurrent requests: one pipelined read, one model call, one pipelined write; at most
         # `group_items` items (a distribution each) at once, so the memory a group holds is bounded.
-        self._steps = GroupCommit(lambda calls: self._apply([c[0] for c in calls], [c[1] for c in calls],
-                                                            [c[2] for c in calls]), max_items=group_items)
+        self._steps = GroupCommit(self._apply_calls, max_items=group_items)
 
     def close(self) -> None:
         for scheduler in self.models.values():
@@ -186,15 +245,16 @@ class Engine:
             return self.models[name]
         except KeyError:
             raise UnknownModel(f"no model named {name!r}; loaded: {', '.join(sorted(self.models))}",
-                               field="model") from None
+                               input=Input.MODEL) from None
 
-    def read(self, scheduler: Scheduler, text: str, field: str = "text") -> Reading:
+    def read(self, scheduler: Scheduler, text: str) -> Reading:
         bundle = scheduler.bundle
         tokens = tokenize(text, bundle.convention)
         if not tokens:
-            raise InvalidInput(f"`{field}` has no words", field=field)
+            raise InvalidInput("the text has no words", input=Input.TEXT)
         if len(tokens) > self.max_text_tokens:
-            raise InvalidInput(f"`{field}` has {len(tokens)} tokens; the limit is {self.max_text_tokens}", field=field)
+            raise InvalidInput(f"the text has {len(tokens)} tokens; the limit is {self.max_text_tokens}",
+                               input=Input.TEXT)
         index, unk = bundle.index, bundle.unk
         ids = [index.get(t, unk) for t in tokens]
         unknown = [t for t, i in zip(tokens, ids) if i == unk and t != "<unk>"]
@@ -214,92 +274,63 @@ class Engine:
             scheduler = self.model(model)
             reading = self.read(scheduler, text)
             if scores:
-                probs, log_probs, _ = self._score(scheduler, SessionState.fresh(scheduler), reading.ids)
-                return Prediction(scheduler.bundle.name, reading, log_probs, scores=probs)
+                scored = self._score(scheduler, SessionState.fresh(scheduler), reading.ids)
+                return Prediction(scheduler.bundle.name, reading, scored.log_probs, scores=scored.scores)
             log_probs, _ = scheduler.step(reading.ids)
             return Prediction(scheduler.bundle.name, reading, log_probs)
-        if not scores:
-            return self._steps.run((BatchItem(text, session_id, model, if_version), owner, None))
-        reading: Reading | None = None
-
-        def feed(scheduler: Scheduler, state: SessionState):
-            nonlocal reading
-            if reading is None:  # read once, with the session's model; a re-run reuses it
-                reading = self.read(scheduler, text)
-            if scores:
-                probs, log_probs, new_state = self._score(scheduler, state, reading.ids)
-            else:
-                (log_probs, new_state), probs = self._feed(scheduler, state, reading.ids), None
-            return (log_probs, probs), new_state, len(reading.ids)
-
-        record, scheduler, (log_probs, probs) = self._update(session_id, owner, model, feed, if_version)
-        return Prediction(scheduler.bundle.name, reading, log_probs, record, probs)
+        call = _Call(BatchItem(text, session_id, model, if_version, scores=scores), owner, None)
+        if scores:  # a model step per token, each with its distribution: applied alone, holding up no other caller
+            outcome = self._apply([call.item], [call.owner], [call.cancel])[0]
+            if isinstance(outcome, ServiceError):
+                raise outcome
+            return outcome
+        return self._steps.run(call)
 
     @staticmethod
-    def _feed(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
-        """Feeds ids after state; returns (log_probs after the last id, new SessionState)."""
+    def _feed(scheduler: Scheduler, state: SessionState, ids: np.ndarray) -> _Stepped:
+        """Feeds ids after state: the distribution after the last id, and the new SessionState."""
         before = state.after
         if len(ids) > 1:  # keep the state before the last token: prefix first (no softmax), then the last token
             _, before = scheduler.step(ids[:-1], state.after, with_log_probs=False)
         log_probs, after = scheduler.step(ids[-1:], before)
-        return log_probs, SessionState(after, before, int(ids[-1]))
+        return _Stepped(log_probs, SessionState(after, before, int(ids[-1])))
 
     @staticmethod
-    def _score(scheduler: Scheduler, state: SessionState, ids: np.ndarray):
-        """Feeds ids one at a time after state: (each token's probability given what came before it, log_probs after
-        the last, new SessionState). The first token is scored against the session's own next-word distribution, or,
-        for a session that has read nothing (and without a session), against the start of a line (after <eos>)."""
+    def _score(scheduler: Scheduler, state: SessionState, ids: np.ndarray) -> _Stepped:
+        """Feeds ids one at a time after state, with each token's probability given what came before it. The first
+        token is scored against the session's own next-word distribution, or, for a session that has read nothing
+        (and without a session), against the start of a line (after <eos>)."""
         if state.last >= 0:
             log_probs, _ = scheduler.step(np.array([state.last]), state.before)
         else:
             log_probs, _ = scheduler.step(np.array([scheduler.bundle.eos]))
-        probs = np.empty(len(ids))
+        probs = np.empty(len(ids))  # (seq,) float64
         current = before = state.after
         for i, token in enumerate(ids.tolist()):
             probs[i] = np.exp(np.float64(np.asarray(log_probs)[token]))  # a device row comes over whole: scores ask
             before = current
             log_probs, current = scheduler.step(np.array([token]), current)
-        return probs, log_probs, SessionState(current, before, int(ids[-1]))
+        return _Stepped(log_probs, SessionState(current, before, int(ids[-1])), probs)
 
     def _load(self, session_id: str, owner: str, model: str | None, record: SessionRecord | None = None):
+        """(record, scheduler, decoded state) of a session, read now or given as read; checked against the model the
+        caller named and against the bundle that serves the session's model."""
         record = record or self.store.get(session_id, owner)
-        if model is not None and model != record.model:
-            raise ModelMismatch(f"session {session_id} belongs to model {record.model!r}, not {model!r}",
-                                field="model")
+        _check_model(record, model)
         scheduler = self.model(record.model)
         if record.digest != scheduler.bundle.digest:
             raise ModelMismatch(f"session {session_id} was made with another version of {record.model!r} "
                                 f"({record.digest[:12]}, serving {scheduler.bundle.digest[:12]}); start a new session",
-                                field="session_id")
+                                input=Input.SESSION)
         return record, scheduler, SessionState.decode(record.state, scheduler)
 
     @staticmethod
-    def _precondition(record: SessionRecord, if_version: int | None) -> None:
-        if if_version is not None and record.version != if_version:
-            raise PreconditionFailed(f"session {record.session_id} is at version {record.version}, not {if_version}; "
-                                     "nothing was written", field="session_id")
-
-    def _update(self, session_id: str, owner: str, model: str | None, step, if_version: int | None = None):
-        """Load -> step -> compare-and-set, for a request that goes alone (one asking for `scores`); a step that lost
-        a race is re-run on the fresh state (not when the caller named its version: then 412).
-
-        `step(scheduler, state)` returns (result, new SessionState, tokens consumed); returns (record, scheduler,
-        result)."""
-        for attempt in range(self.cas_retries + 1):
-            record, scheduler, state = self._load(session_id, owner, model)
-            self._precondition(record, if_version)
-            result, new_state, consumed = step(scheduler, state)
-            try:
-                record = self.store.compare_and_set(session_id, record.version, new_state.encode(), consumed)
-                return record, scheduler, result
-            except SessionConflict:
-                metrics.SESSION_CONFLICTS.labels(model=scheduler.bundle.name).inc()
-                if if_version is not None:
-                    raise PreconditionFailed(f"session {session_id} changed while this request ran; nothing was "
-                                             "written", field="session_id") from None
-                time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))  # de-synchronise the racers
-        raise SessionConflict(f"session {session_id} changed {self.cas_retries + 1} times while this request ran; "
-                              "retry", field="session_id")
+    def _precondition(record: SessionRecord, if_version: int | None, steps: int = 0) -> None:
+        """The version the caller named (If-Match) against the session's, `steps` items of this write after `record`."""
+        version = record.version + steps
+        if if_version is not None and version != if_version:
+            raise PreconditionFailed(f"session {record.session_id} is at version {version}, not {if_version}; "
+                                     "nothing was written", input=Input.SESSION)
 
     # --- batches ---------------------------------------------------------------------------------------------------
 
@@ -313,9 +344,9 @@ class Engine:
 
         Once `cancel` is cancelled, the model steps left are skipped and the items fail with ClientClosedRequest.
         Commit rule: a session's items are written together or not at all, and nothing is written for a caller
-        found gone before the write (`_apply_chains`); a write made before it went stays made."""
+        found gone before the write (`_attempt`); a write made before it went stays made."""
         if all(item.text for item in items):
-            return self._steps.run_all([(item, owner, cancel) for item in items])  # with this worker's other steps
+            return self._steps.run_all([_Call(item, owner, cancel) for item in items])  # with the worker's other steps
         return self._batch_with_peeks(items, owner, cancel)
 
     # --- where a text stands, without writing --------------------------------------------------------------------
@@ -329,7 +360,7 @@ class Engine:
         stored = [i for i, item in enumerate(items) if item.session_id is not None]
         loaded = dict(zip(stored, self.store.get_many([items[i].session_id for i in stored],
                                                       [owners[i] for i in stored]))) if stored else {}
-        jobs: dict[int, tuple] = {}  # item -> ((scheduler, ids, state or None), record or None)
+        jobs: dict[int, tuple[_Job, SessionRecord | None]] = {}
         for i, item in enumerate(items):
             try:
                 record, state = None, None
@@ -341,17 +372,17 @@ class Engine:
                     record, scheduler, state = self._load(item.session_id, owners[i], item.model, record=loaded[i])
                     self._precondition(record, item.if_version)
                 if state is None or state.last < 0:
-                    jobs[i] = ((scheduler, np.array([scheduler.bundle.eos]), None), record)
+                    jobs[i] = (_Job(scheduler, np.array([scheduler.bundle.eos]), None), record)
                 else:  # the state before the last token, fed that token again
-                    jobs[i] = ((scheduler, np.array([state.last]), SessionState(state.before, state.before, -1)),
+                    jobs[i] = (_Job(scheduler, np.array([state.last]), SessionState(state.before, state.before, -1)),
                                record)
             except ServiceError as e:
                 out[i] = e
         outcomes = self._feed_many([job for job, _ in jobs.values()])
         nothing = Reading([], np.empty(0, dtype=np.int64), [])
-        for (i, ((scheduler, _, _), record)), outcome in zip(jobs.items(), outcomes):
-            out[i] = outcome if isinstance(outcome, ServiceError) else Prediction(scheduler.bundle.name, nothing,
-                                                                                   outcome[0], record)
+        for (i, (job, record)), outcome in zip(jobs.items(), outcomes):
+            out[i] = outcome if isinstance(outcome, ServiceError) else Prediction(job.scheduler.bundle.name, nothing,
+                                                                                   outcome.log_probs, record)
         return out
 
     def _batch_with_peeks(self, items: list[BatchItem], owner: str, cancel: "Cancel | None"
@@ -369,7 +400,7 @@ class Engine:
                 for i, outcome in zip(peeks, self._peek_many([items[i] for i in peeks], [owner] * len(peeks))):
                     results[i] = outcome
             if feeds:
-                for i, outcome in zip(feeds, self._steps.run_all([(items[i], owner, cancel) for i in feeds])):
+                for i, outcome in zip(feeds, self._steps.run_all([_Call(items[i], owner, cancel) for i in feeds])):
                     results[i] = outcome
             peeks.clear()
             feeds.clear()
@@ -387,73 +418,188 @@ class Engine:
         flush()
         return results
 
+    # --- the one way a session changes ----------------------------------------------------------------------------
+
+    def _apply_calls(self, calls: list[_Call]) -> list["Prediction | ServiceError"]:
+        """The group commit's batch: `_apply` over its callers' items."""
+        return self._apply([c.item for c in calls], [c.owner for c in calls], [c.cancel for c in calls])
+
     def _apply(self, items: list[BatchItem], owners: list[str], cancels: list) -> list["Prediction | ServiceError"]:
-        """`predict_batch` for items of several callers: each item is read and written as its own owner (a session
-        named by two owners is two chains, and the foreign one finds no session), and is dropped once its own
-        caller has gone (`cancels`), whatever the others' callers do."""
+        """Every change to a session's words: load -> step -> compare-and-set, the steps of a session that lost a race
+        re-run on the fresh state (`cas_retries` times, then 409), unless an item named the version it expects
+        (then 412, nothing re-run). A generation's commit shares the write and its errors (`_commit`), not the re-run.
+
+        Each item is read and written as its own owner (a session named by two owners is two chains, and the foreign
+        one finds no session), and is dropped once its own caller has gone (`cancels`), whatever the others'
+        callers do. Stateless items step alongside, in the same submissions."""
         results: list = [None] * len(items)
-        chains: dict[tuple[str, str], list[int]] = {}
-        stateless = []  # (result index, scheduler, reading)
+        chains: dict[tuple[str, str], list[int]] = {}  # (owner, session id) -> its items, in order
+        stateless: list[tuple[int, Reading, _Job]] = []
         for i, item in enumerate(items):
             if _gone(cancels[i]):
                 results[i] = _abandoned()
             elif item.session_id is None:
                 try:
                     scheduler = self.model(item.model)
-                    stateless.append((i, scheduler, self.read(scheduler, item.text)))
+                    reading = self.read(scheduler, item.text)
+                    stateless.append((i, reading, _Job(scheduler, reading.ids, None)))
                 except ServiceError as e:
                     results[i] = e
             else:
                 chains.setdefault((owners[i], item.session_id), []).append(i)
-        outcomes = self._feed_many([(scheduler, reading.ids, None) for _, scheduler, reading in stateless],
-                                   [cancels[i] for i, _, _ in stateless])
-        for (i, scheduler, reading), outcome in zip(stateless, outcomes):
-            results[i] = outcome if isinstance(outcome, ServiceError) else Prediction(scheduler.bundle.name, reading,
-                                                                                       outcome[0])
+        outcomes = self._feed_many([job for _, _, job in stateless], [cancels[i] for i, _, _ in stateless])
+        for (i, reading, job), outcome in zip(stateless, outcomes):
+            results[i] = outcome if isinstance(outcome, ServiceError) else Prediction(job.scheduler.bundle.name,
+                                                                                       reading, outcome.log_probs)
         readings: dict[int, Reading] = {}
-        pending = dict(chains)
+        pending = chains
         for attempt in range(self.cas_retries + 1):
             if not pending:
                 break
-            pending = self._apply_chains(pending, items, results, readings, cancels)
-            if pending:
-                time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
-        for indices in pending.values():  # still conflicting after every retry
+            if attempt:  # de-synchronise the racers
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
+            pending = self._attempt(pending, items, results, readings, cancels)
+        for (_, session_id), indices in pending.items():  # still conflicting after every retry
             for i in indices:
-                results[i] = SessionConflict(f"session {items[i].session_id} changed {self.cas_retries + 1} times "
-                                             "while this request ran; retry", field="session_id")
+                results[i] = _lost_race(session_id, times=self.cas_retries + 1)
         return results
 
-    def _feed_many(self, jobs: list[tuple[Scheduler, np.ndarray, "SessionState | None"]],
-                   cancels: list | None = None) -> list:
-        """`_feed` for many (scheduler, ids, state or None for a stateless step) at once: (log_probs, SessionState) or
-        the ServiceError of each. Each scheduler gets all its steps of a phase (prompt prefixes, then last tokens) in
-        one submission, so they share its calls. A job whose caller has gone (`cancels[j]`) before a phase is
-        submitted fails with ClientClosedRequest; the scheduler skips its steps already queued."""
+    def _attempt(self, chains: dict[tuple[str, str], list[int]], items: list[BatchItem], results: list,
+                 readings: dict[int, Reading], cancels: list) -> dict[tuple[str, str], list[int]]:
+        """One attempt at every session's chain of items: load all (one pipelined read), step wave by wave (the n-th
+        item of every chain in one submission per model), compare-and-set all (one pipelined write). Returns the
+        chains to re-run: those that lost a race, and those that applied an item of a caller found gone before the
+        write, without that caller's items (two callers with one key may share a chain: the one who stays gets its
+        items written on a state without the other's)."""
+        keys = list(chains)
+        writes: dict[tuple[str, str], _Write] = {}
+        for (owner, session_id), loaded in zip(keys, self.store.get_many([s for _, s in keys], [o for o, _ in keys])):
+            try:
+                if isinstance(loaded, ServiceError):
+                    raise loaded
+                record, scheduler, state = self._load(session_id, owner, None, record=loaded)
+                writes[(owner, session_id)] = _Write(record, scheduler, state, [])
+            except ServiceError as e:
+                for i in chains[(owner, session_id)]:
+                    results[i] = e
+        stepped: dict[int, _Stepped] = {}
+        position = dict.fromkeys(writes, 0)
+        while True:
+            wave: list[tuple[tuple[str, str], int, _Job]] = []  # (chain, item, its step)
+            for key, write in writes.items():
+                chain = chains[key]
+                while position[key] < len(chain):
+                    i = chain[position[key]]
+                    position[key] += 1
+                    if _gone(cancels[i]):
+                        results[i] = _abandoned()
+                        continue
+                    try:
+                        item = items[i]
+                        _check_model(write.record, item.model)
+                        self._precondition(write.record, item.if_version, write.steps)
+                        readings[i] = self.read(write.scheduler, item.text)
+                        wave.append((key, i, _Job(write.scheduler, readings[i].ids, write.state, item.scores)))
+                        break
+                    except ServiceError as e:
+                        results[i] = e
+            if not wave:
+                break
+            outcomes = self._feed_many([job for _, _, job in wave], [cancels[i] for _, i, _ in wave])
+            for (key, i, job), outcome in zip(wave, outcomes):
+                if isinstance(outcome, ServiceError):
+                    results[i] = outcome
+                    continue
+                stepped[i] = outcome
+                writes[key].add(i, outcome.state, len(job.ids))
+        rerun: dict[tuple[str, str], list[int]] = {}
+        ready = []
+        for key, write in writes.items():  # a gone caller's items are never written
+            gone = {i for i in write.items if _gone(cancels[i])}  # asked once: the answer may change meanwhile
+            for i in gone:
+                results[i] = _abandoned()
+            if gone:
+                if len(gone) < len(write.items):
+                    rerun[key] = [i for i in write.items if i not in gone]
+            elif write.items:
+                ready.append(key)
+        now = time.time()
+        for key, outcome in zip(ready, self._write_many([writes[key] for key in ready])):
+            write = writes[key]
+            if isinstance(outcome, SessionConflict):
+                pinned = [items[i].if_version is not None for i in write.items]
+                if not any(pinned):
+                    rerun[key] = write.items
+                    continue
+                for i, named in zip(write.items, pinned):  # a caller named its version: nothing is re-run
+                    results[i] = _lost_race(write.record.session_id, pinned=named)
+                continue
+            if isinstance(outcome, ServiceError):
+                for i in write.items:
+                    results[i] = outcome
+                continue
+            tokens = write.record.tokens
+            for n, i in enumerate(write.items, start=1):  # each item sees the session as it left it
+                tokens += len(readings[i].ids)
+                view = replace(outcome, version=write.record.version + n, tokens=tokens, updated=now, state=b"")
+                results[i] = Prediction(write.record.model, readings[i], stepped[i].log_probs, view, stepped[i].scores)
+        return rerun
+
+    def _write_many(self, writes: list[_Write]) -> list["SessionRecord | ServiceError"]:
+        """Compare-and-set of each write against the version its session was read at, in one pipelined round trip.
+        A lost race comes back as SessionConflict (counted here); the caller decides whether to re-run its steps."""
+        outcomes = self.store.compare_and_set_many([(w.record.session_id, w.record.version, w.state.encode(), w.tokens,
+                                                     w.steps) for w in writes])
+        for write, outcome in zip(writes, outcomes):
+            if isinstance(outcome, SessionConflict):
+                metrics.SESSION_CONFLICTS.labels(model=write.scheduler.bundle.name).inc()
+        return outcomes
+
+    def _commit(self, write: _Write) -> SessionRecord:
+        """A generation's write. Its tokens were already sent, so a lost race is not re-run: nothing is written."""
+        outcome = self._write_many([write])[0]
+        if isinstance(outcome, SessionConflict):
+            raise _lost_race(write.record.session_id) from None
+        if isinstance(outcome, ServiceError):
+            raise outcome
+        return outcome
+
+    def _feed_many(self, jobs: list[_Job], cancels: list | None = None) -> list["_Stepped | ServiceError"]:
+        """`_feed` (or `_score`, for a job that asks for scores) for many jobs at once: each one's outcome or its
+        ServiceError. Each scheduler gets all its steps of a phase (prompt prefixes, then last tokens) in one
+        submission, so they share its calls. A job whose caller has gone (`cancels[j]`) before a phase is submitted
+        fails with ClientClosedRequest; the scheduler skips its steps already queued."""
         cancels = cancels or [None] * len(jobs)
         out: list = [_abandoned() if _gone(cancel) else None for cancel in cancels]
-        prefixes = self._submit_many({j: (scheduler, ids[:-1], state.after, False) for j, (scheduler, ids, state)
-                                      in enumerate(jobs) if len(ids) > 1 and state is not None and out[j] is None},
-                                     out, cancels)
+        prefixes = self._submit_many({j: (job.scheduler, job.ids[:-1], job.state.after, False)
+                                      for j, job in enumerate(jobs) if len(job.ids) > 1 and job.state is not None
+                                      and not job.scores and out[j] is None}, out, cancels)
         befores = {}
-        for j, (scheduler, ids, state) in enumerate(jobs):
-            if out[j] is not None:
+        for j, job in enumerate(jobs):
+            if out[j] is not None or job.scores:
                 continue
             if _gone(cancels[j]):
                 out[j] = _abandoned()
                 continue
             try:
-                befores[j] = prefixes[j].wait(scheduler.timeout)[1] if j in prefixes else (
-                    state.after if state is not None else None)
+                befores[j] = prefixes[j].wait(job.scheduler.timeout)[1] if j in prefixes else (
+                    job.state.after if job.state is not None else None)
             except ServiceError as e:
                 out[j] = e
-        lasts = self._submit_many({j: (scheduler, ids if state is None else ids[-1:], befores[j], True)
-                                   for j, (scheduler, ids, state) in enumerate(jobs) if out[j] is None}, out, cancels)
+        lasts = self._submit_many({j: (job.scheduler, job.ids if job.state is None else job.ids[-1:], befores[j], True)
+                                   for j, job in enumerate(jobs) if out[j] is None and not job.scores}, out, cancels)
+        for j, job in enumerate(jobs):  # scored steps one token at a time, while the others' calls run
+            if job.scores and out[j] is None:
+                try:
+                    out[j] = self._score(job.scheduler, job.state, job.ids)
+                except ServiceError as e:
+                    out[j] = e
         for j, step in lasts.items():
-            scheduler, ids, state = jobs[j]
+            job = jobs[j]
             try:
-                log_probs, after = step.wait(scheduler.timeout)
-                out[j] = (log_probs, SessionState(after, befores[j] if befores[j] is not None else after, int(ids[-1])))
+                log_probs, after = step.wait(job.scheduler.timeout)
+                before = befores[j] if befores[j] is not None else after
+                out[j] = _Stepped(log_probs, SessionState(after, before, int(job.ids[-1])))
             except ServiceError as e:
                 out[j] = e
         return out
@@ -478,124 +624,30 @@ class Engine:
             submitted.update(zip(jobs, made))
         return submitted
 
-    def _apply_chains(self, chains: dict[tuple[str, str], list[int]], items, results, readings,
-                      cancels: list) -> dict[tuple[str, str], list[int]]:
-        """One attempt at every session's chain of items (keyed by (owner, session id)): load all, step wave by wave,
-        compare-and-set all. Returns the chains to re-run: those that lost a race, and those that applied an item
-        of a caller found gone before the write, without that caller's items (two callers with one key may share
-        a chain: the one who stays gets its items written on a state without the other's)."""
-        keys = list(chains)
-        loaded = dict(zip(keys, self.store.get_many([sid for _, sid in keys], [owner for owner, _ in keys])))
-        states: dict[tuple[str, str], tuple] = {}  # key -> (record, scheduler, current state, applied [(i, tokens)])
-        for key in keys:
-            owner, sid = key
-            try:
-                if isinstance(loaded[key], ServiceError):
-                    raise loaded[key]
-                record, scheduler, state = self._load(sid, owner, None, record=loaded[key])
-                states[key] = (record, scheduler, state, [])
-            except ServiceError as e:
-                for i in chains[key]:
-                    results[i] = e
-        position = {key: 0 for key in states}
-        while True:
-            wave = []
-            for key, (record, scheduler, state, applied) in states.items():
-                while position[key] < len(chains[key]):
-                    i = chains[key][position[key]]
-                    position[key] += 1
-                    if _gone(cancels[i]):
-                        results[i] = _abandoned()
-                        continue
-                    try:
-                        item = items[i]
-                        if item.model is not None and item.model != record.model:
-                            raise ModelMismatch(f"session {record.session_id} belongs to model {record.model!r}, "
-                                                f"not {item.model!r}", field="model")
-                        self._precondition(replace(record, version=record.version + len(applied)), item.if_version)
-                        readings[i] = self.read(scheduler, item.text)
-                        wave.append((key, i, scheduler, readings[i].ids, state))
-                        break
-                    except ServiceError as e:
-                        results[i] = e
-            if not wave:
-                break
-            outcomes = self._feed_many([(scheduler, ids, state) for _, _, scheduler, ids, state in wave],
-                                       [cancels[i] for _, i, _, _, _ in wave])
-            for (key, i, scheduler, ids, _), outcome in zip(wave, outcomes):
-                record, _, state, applied = states[key]
-                if isinstance(outcome, ServiceError):
-                    results[i] = outcome
-                    continue
-                results[i] = outcome[0]  # log_probs for now; a Prediction once committed
-                states[key] = (record, scheduler, outcome[1], applied + [(i, len(ids))])
-        conflicts: dict[tuple[str, str], list[int]] = {}
-        written = []
-        for key, (*_, applied) in states.items():  # a gone caller's items are never written
-            gone = {i for i, _ in applied if _gone(cancels[i])}  # asked once: the answer may change meanwhile
-            for i in gone:
-                results[i] = _abandoned()
-            if gone:
-                if len(gone) < len(applied):
-                    conflicts[key] = [i for i, _ in applied if i not in gone]
-            elif applied:
-                written.append(key)
-        writes = [(record.session_id, record.version, state.encode(), sum(n for _, n in applied), len(applied))
-                  for record, _, state, applied in (states[key] for key in written)]
-        now = time.time()
-        for key, outcome in zip(written, self.store.compare_and_set_many(writes)):
-            record, scheduler, _, applied = states[key]
-            sid = record.session_id
-            if isinstance(outcome, SessionConflict):
-                metrics.SESSION_CONFLICTS.labels(model=scheduler.bundle.name).inc()
-                if any(items[i].if_version is not None for i, _ in applied):
-                    for i, _ in applied:
-                        results[i] = (PreconditionFailed(f"session {sid} changed while this request ran; "
-                                                         "nothing was written", field="session_id")
-                                      if items[i].if_version is not None else
-                                      SessionConflict(f"session {sid} changed while this request ran and an "
-                                                      "item of it named its version; nothing was written",
-                                                      field="session_id"))
-                    continue
-                conflicts[key] = [i for i in chains[key] if i in dict(applied)]
-                continue
-            if isinstance(outcome, ServiceError):
-                for i, _ in applied:
-                    results[i] = outcome
-                continue
-            tokens = record.tokens
-            for n, (i, count) in enumerate(applied, start=1):
-                tokens += count
-                view = replace(outcome, version=record.version + n, tokens=tokens, updated=now, state=b"")
-                results[i] = Prediction(record.model, readings[i], results[i], view)
-        return conflicts
-
     # --- generation ------------------------------------------------------------------------------------------------
 
     def start_generation(self, session_id: str, owner: str, prompt: str | None, params: SamplingParams,
                          max_tokens: int, stop: list[str], if_version: int | None = None,
-                         cancel: Cancel | None = None) -> "Generation":
+                         cancel: Cancel | None = None, model: str | None = None) -> "Generation":
         """Checks and loads everything a generation needs and starts its stream, raising before any event exists.
-        With `cancel`, a caller found gone stops the generation at its next token, and it commits nothing."""
+        With `cancel`, a caller found gone stops the generation at its next token, and it commits nothing; with
+        `model`, a session of another model is refused."""
         if not self._streams.acquire(blocking=False):
-            raise Overloaded(f"this worker already runs {self.max_streams} generations; retry shortly",
-                             retry_after=1)
+            raise Overloaded(f"this worker already runs {self.max_streams} generations; retry shortly")
         slot = _Slot(self._streams)
         try:
-            record, scheduler, state = self._load(session_id, owner, None)
+            record, scheduler, state = self._load(session_id, owner, model)
             self._precondition(record, if_version)
             bundle = scheduler.bundle
             reading = None
             if prompt:
                 reading = self.read(scheduler, prompt)
-                log_probs, state = self._feed(scheduler, state, reading.ids)
-                fed = len(reading.ids)
+                stepped, fed = self._feed(scheduler, state, reading.ids), len(reading.ids)
             elif state.last < 0:  # nothing read yet: start as at the beginning of a line
-                log_probs, state = self._feed(scheduler, state, np.array([bundle.eos]))
-                fed = 1
+                stepped, fed = self._feed(scheduler, state, np.array([bundle.eos])), 1
             else:  # the distribution after the last consumed token, recomputed from the state before it
-                log_probs, _ = scheduler.step(np.array([state.last]), state.before)
-                fed = 0
+                stepped, fed = _Stepped(scheduler.step(np.array([state.last]), state.before)[0], state), 0
+            log_probs, state = stepped.log_probs, stepped.state
             stop_ids = frozenset(bundle.index[w] for w in stop if w in bundle.index)
             stream = Stream(state.after, log_probs, params, max_tokens, stop_ids, bundle.eos)
             if _gone(cancel):
@@ -604,7 +656,7 @@ class Engine:
         except BaseException:
             slot.release()
             raise
-        return Generation(self.store, record, scheduler, stream, fed, reading, slot, (state.after, log_probs), cancel)
+        return Generation(self._commit, record, scheduler, stream, fed, reading, slot, (state.after, log_probs), cancel)
 
     # --- session lifecycle -----------------------------------------------------------------------------------------
 
@@ -651,9 +703,11 @@ class Generation:
     (ClientClosedRequest): the drained (non-streaming) answer's client, whose leaving no write would reveal.
     """
 
-    def __init__(self, store: SessionStore, record: SessionRecord, scheduler: Scheduler, stream: Stream, fed: int,
-                 reading: Reading | None, slot: _Slot, start: tuple[np.ndarray, np.ndarray], cancel: Cancel | None = None):
-        self.store, self.record, self.scheduler, self.stream = store, record, scheduler, stream
+    def __init__(self, commit: Callable[[_Write], SessionRecord], record: SessionRecord, scheduler: Scheduler,
+                 stream: Stream, fed: int, reading: Reading | None, slot: _Slot, start: tuple[np.ndarray, np.ndarray],
+                 cancel: Cancel | None = None):
+        self.record, self.scheduler, self.stream = record, scheduler, stream
+        self._commit = commit  # the engine's write of a session, without its re-run
         self.cancel = cancel
         self.fed, self.reading, self._slot = fed, reading, slot
         self._replay = (*start, 0, -1)  # (state, log_probs, index of the next token asked for, the token before it)
@@ -679,7 +733,8 @@ class Generation:
                     yield Token(self.generated - 1, token, word, round(probability, 6))
                 elif kind == "end":
                     finish, before, after, last = rest
-                    self.committed = self._commit(SessionState(after, before, last))
+                    self.committed = self._commit(_Write(self.record, self.scheduler, SessionState(after, before, last),
+                                                         [], steps=1, tokens=self.fed + self.generated))
                     yield Done(finish, detokenize(words, bundle.convention), self.generated, self.model,
                                self.committed)
                     return
@@ -701,14 +756,6 @@ class Generation:
             log_probs, state = self.scheduler.step(np.array([previous]), state)
         self._replay = (state, log_probs, expected + 1, token.id)
         return log_probs
-
-    def _commit(self, state: SessionState) -> SessionRecord:
-        try:
-            return self.store.compare_and_set(self.record.session_id, self.record.version, state.encode(),
-                                              self.fed + self.generated)
-        except SessionConflict:  # not re-run: its tokens were already sent
-            raise SessionConflict(f"session {self.record.session_id} changed while this generation ran; nothing "
-                                  "of it was kept", field="session_id") from None
 
     def close(self) -> None:
         """Idempotent: a stream still running is cancelled (nothing is committed) and the slot is freed."""

@@ -27,9 +27,8 @@ class JsonFormatter(logging.Formatter):
 class LineHandler(logging.StreamHandler):
     """Writes each record as one line with one os.write, without the handler lock.
 
-    The stock handler serialises every thread on a lock around each write; with a request line per request
-    and dozens of request threads, that lock was a visible share of the service's CPU under load (py-spy
-    --gil). A write shorter than PIPE_BUF (4096 bytes) reaches a pipe whole, and any write to a file opened
+    The stock handler serialises every writer on a lock around each write, a cost paid once per request line
+    (docs/benchmarks.md). A write shorter than PIPE_BUF (4096 bytes) reaches a pipe whole, and any write to a file opened
     with O_APPEND is atomic, so lines do not interleave; only a longer record (a traceback) written to a
     pipe at the same instant as another line could."""
 

@@ -69,7 +69,7 @@ class Step:
     def wait(self, timeout: float):
         """(log_probs (vocab,) or None, new state (tensors, layers, hidden)); raises what the call raised."""
         if not self._done.acquire(timeout=timeout):
-            raise ModelUnavailable(f"no model step within {timeout:g} s; retry shortly", retry_after=1)
+            raise ModelUnavailable(f"no model step within {timeout:g} s; retry shortly")
         if self._error is not None:
             raise self._error
         return self._result
@@ -112,7 +112,7 @@ class Stream:
         try:
             return self.events.get(timeout=timeout)
         except queue.Empty:
-            raise ModelUnavailable(f"no token within {timeout:g} s; retry shortly", retry_after=1) from None
+            raise ModelUnavailable(f"no token within {timeout:g} s; retry shortly") from None
 
 
 class Scheduler:
@@ -149,7 +149,7 @@ class Scheduler:
         step's caller's cancellation, or None."""
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(f"model {self.bundle.name} has {self.max_queue} submissions of steps queued; retry "
-                             "shortly", retry_after=1)
+                             "shortly")
         cancels = cancels or [None] * len(steps)
         made = [Step(np.ascontiguousarray(tokens, dtype=np.int64), self.runtime.zero_state() if state is None else state,
                      with_log_probs, cancel) for (tokens, state, with_log_probs), cancel in zip(steps, cancels)]
@@ -177,7 +177,7 @@ class Scheduler:
             else:  # idle, or every stream waits for its reader: sleep until work arrives (or look again soon)
                 wait = READER_POLL_S if self._streams else None
             if not self._collect(wait) or not self._linger():
-                self._fail_all(ModelUnavailable(f"model {self.bundle.name} is shutting down", retry_after=1))
+                self._fail_all(ModelUnavailable(f"model {self.bundle.name} is shutting down"))
                 return
             if self._streams:
                 self._tick()
@@ -341,7 +341,7 @@ class Scheduler:
     def _failure(self, error: Exception) -> ModelUnavailable:
         log.error("onnxruntime call failed for %s: %s: %s", self.bundle.name, type(error).__name__, error,
                   exc_info=error)
-        return ModelUnavailable(f"model {self.bundle.name} failed to run: {type(error).__name__}", retry_after=1)
+        return ModelUnavailable(f"model {self.bundle.name} failed to run: {type(error).__name__}")
 
     def _fail_all(self, error: ModelUnavailable) -> None:
         self._collect()

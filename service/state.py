@@ -1,7 +1,7 @@
 """The session store: one Redis hash per session, written by compare-and-set, and the count of expired sessions.
 
-Knows nothing of models, tensors or HTTP: a session's recurrent state is opaque bytes here (raw little-endian
-float32 tensors concatenated in manifest order; the engine validates them against the bundle). Every command
+Knows nothing of models, tensors or HTTP: a session's recurrent state is opaque bytes here (the engine's
+`SessionState` blob, which it encodes, decodes and validates against the bundle). Every command
 and every Lua script touches exactly one key, so the store runs unchanged on Redis Cluster. Each access slides
 the session's TTL; an idle session expires.
 
@@ -11,8 +11,8 @@ Hash fields (numbers as decimal strings):
     created, updated       unix seconds
     state                  raw bytes ("" = zero state)
 
-Failures of Redis itself (down, timing out, loading, read-only, ...) become `StateStoreUnavailable` (a retry hint
-of 1 s); nothing is retried silently, since a retried write could be applied twice. The connection pool
+Failures of Redis itself (down, timing out, loading, read-only, ...) become `StateStoreUnavailable` (transient: the
+HTTP layer says when to retry); nothing is retried silently, since a retried write could be applied twice. The connection pool
 reconnects by itself once Redis is back.
 """
 
@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 import redis
 
-from service.errors import (InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
+from service.errors import (Input, InternalError, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
                             StateStoreUnavailable)
 from service.metrics import EXPIRY_WATCHER, REDIS_ERRORS, REDIS_LATENCY, SESSIONS_EXPIRED
 from service.redis_client import connect, database, is_cluster_client
@@ -134,7 +134,7 @@ class SessionRecord:
     digest: str  # sha256 of the bundle's model.onnx the state was made with
     version: int  # starts at 0, +1 per successful write
     tokens: int  # tokens consumed so far
-    state: bytes = field(repr=False)  # raw little-endian float32 tensors in manifest order; b"" = zero state
+    state: bytes = field(repr=False)  # opaque to the store (the engine's SessionState); b"" = zero state
     created: float  # unix seconds
     updated: float
     owner: str  # sha256 hex of the API key that created it, "" when auth is off
@@ -298,7 +298,7 @@ class SessionStore:
             raise _not_found()
         if code == -1:
             raise SessionConflict(f"session changed underneath this write (expected version {expected_version}, "
-                                  f"found {int(reply[1])})", field="session_id")
+                                  f"found {int(reply[1])})", input=Input.SESSION)
         return _record(session_id, reply[1:], self.ttl, state=state)
 
     def delete(self, session_id: str, owner: str) -> SessionRecord:
@@ -389,7 +389,7 @@ def _store_error(operation: str, e: redis.RedisError) -> ServiceError:
         log.warning("redis %s failed: %s: %s", operation, type(e).__name__, e)
     else:  # OOM, MISCONF, WRONGTYPE, a script error...: still the store's fault, but worth a trace
         log.error("redis %s failed: %s: %s", operation, type(e).__name__, e, exc_info=True)
-    return StateStoreUnavailable("the session store is unavailable; retry shortly", retry_after=1)
+    return StateStoreUnavailable("the session store is unavailable; retry shortly")
 
 
 def _num(value: float) -> str:
@@ -397,7 +397,7 @@ def _num(value: float) -> str:
 
 
 def _not_found() -> SessionNotFound:
-    return SessionNotFound("unknown or expired session", field="session_id")
+    return SessionNotFound("unknown or expired session", input=Input.SESSION)
 
 
 # -- counting expirations ----------------------------------------------------------------------------------------

@@ -14,9 +14,8 @@ Two conventions (a bundle's manifest names one):
   or the next word starts lower-case (`Jr. and`); an apostrophe between letters starts the
   next token (`wasn 't`, `game 's`, `May 'n`, `O 'Brien`, `'n'roll`), `'s` after a digit too
   (`1990 's`), any other apostrophe stands alone (`Girls ' Friendly`, `' Is this`).
-  Curly quotes are made straight first (the corpus keeps ~500, split oddly: `father ’ s`), and `…`
-  becomes `...` (704 times in train.txt against 34). Re-tokenizing the detokenized train.txt gives
-  back 97.5% of its lines exactly; the rest are curly quotes and numbers next to `<unk>`.
+  Curly quotes are made straight first (the corpus keeps few, split oddly: `father ’ s`), and `…`
+  becomes `...`, as the corpus nearly always writes it.
 - "whitespace": split on whitespace only.
 
 Both: NFC; control and format characters and variation selectors dropped (a whitespace control
@@ -25,16 +24,11 @@ counts as a space); each line break is one `<eos>`, as every corpus line ends wi
 `detokenize(tokenize(s)) == s` for ordinary English (not for curly quotes, `…`, spacing around
 symbols, or the rare `'` it guesses wrong).
 
-Why not sacremoses (0.2.0), measured with tools/compare_tokenizers.py on train.txt's 23 767 non-blank
-lines, each detokenized and tokenized again: ours gives back 23 181 lines exactly (97.53%); sacremoses'
-`MosesTokenizer(lang="en").tokenize(text, aggressive_dash_splits=True, escape=False)`, with the WikiText
-layer (`@,@` `@.@`, and all this module does around Moses), 23 049 (96.98%). They disagree on 189
-lines: only ours is right on 133, only sacremoses on 1. Its misses: an apostrophe at the very start or
-end of a text stays on the word (`the gods'` gives `gods'`, where the corpus writes `gods '`: Moses pads
-the line with spaces, sacremoses strips it), and at the end of a /predict text that is the word the
-prediction follows; and a CJK run is split into characters (`戦場` gives `戦 場`). It is slower too, on
-the /predict path: 19 µs per call for ours, 30 µs for bare sacremoses, 43 µs with the layer, on an
-8-word text (`python -m timeit`, best of 5; MosesDetokenizer made no difference to the counts).
+Why not sacremoses: it reads the corpus back less exactly (tools/compare_tokenizers.py; the numbers are in
+docs/benchmarks.md), and where it misses matters here: an apostrophe at the very start or end of a text stays
+on the word (`the gods'` gives `gods'`, where the corpus writes `gods '`: Moses pads the line with spaces,
+sacremoses strips it), and at the end of a /predict text that is the word the prediction follows; and a CJK
+run is split into characters (`戦場` gives `戦 場`). It is slower on the /predict path too.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import pytest
 
 from service.budget import Budget, Cost
 from service.bundle import discover
-from service.errors import InvalidInput
+from service.errors import Input, InvalidInput
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +36,16 @@ def test_a_generation_costs_its_prompt_its_tokens_and_the_logprobs_replay(budget
     assert budget.generation(None, None, 10, session=True).tokens == 11  # no prompt: at most one step to start
 
 
-@pytest.mark.parametrize("cost, field, variable", [
-    (Cost(101, 0, 0), "tokens_field", "NEXTWORD_MAX_REQUEST_TOKENS"),
-    (Cost(0, 51, 0), "listed_field", "NEXTWORD_MAX_REQUEST_PREDICTIONS"),
-    (Cost(0, 0, 64 * 1024 + 1), "bytes_field", "NEXTWORD_MAX_RESPONSE_BYTES"),
+@pytest.mark.parametrize("cost, quantity, variable", [
+    (Cost(101, 0, 0), Input.TOKENS, "NEXTWORD_MAX_REQUEST_TOKENS"),
+    (Cost(0, 51, 0), Input.PREDICTIONS, "NEXTWORD_MAX_REQUEST_PREDICTIONS"),
+    (Cost(0, 0, 64 * 1024 + 1), Input.ANSWER, "NEXTWORD_MAX_RESPONSE_BYTES"),
 ])
-def test_each_limit_names_its_field_and_variable_and_the_limit_itself_passes(budget, cost, field, variable):
-    budget.check(Cost(100, 50, 64 * 1024), "tokens_field", "listed_field", "bytes_field")
+def test_each_limit_names_its_quantity_and_variable_and_the_limit_itself_passes(budget, cost, quantity, variable):
+    budget.check(Cost(100, 50, 64 * 1024))
     with pytest.raises(InvalidInput) as e:
-        budget.check(cost, "tokens_field", "listed_field", "bytes_field")
-    assert e.value.field == field and variable in e.value.message
+        budget.check(cost)
+    assert e.value.input is quantity and variable in e.value.message
 
 
 # -- the endpoints -------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import nextword_client
 from nextword_client import (APIError, Client, InvalidInput, PreconditionFailed, SessionNotFound, StreamInterrupted, Token,
                              TransportError, Unauthorized, UnknownModel)
 from nextword_client.errors import CODES
-from service.errors import ERROR_TYPES
+from service.http.errors import ERROR_TYPES, STATUS
 from tests.servers import ROOT, free_port
 from tests.test_generate import LONG, PACE_MS, PROMPT, long_seed
 
@@ -55,13 +55,13 @@ def test_predict_returns_what_the_api_returns(nw, service):
 
 def test_the_clients_own_error_table_is_the_services():
     """The client carries its own copy of the codes (it imports nothing of the service); this keeps them equal."""
-    service_table = {(kind.__name__, kind.code, kind.status) for kind in ERROR_TYPES}
+    service_table = {(kind.__name__, kind.code, STATUS[kind]) for kind in ERROR_TYPES}
     client_table = {(name, code, status) for name, code, status, _ in CODES}
     assert client_table == service_table, (f"add to clients/python/nextword_client/errors.py: "
                                            f"{sorted(service_table - client_table)}; remove: {sorted(client_table - service_table)}")
     for kind in ERROR_TYPES:
         cls = getattr(nextword_client, kind.__name__)
-        assert issubclass(cls, APIError) and (cls.code, cls.status) == (kind.code, kind.status)
+        assert issubclass(cls, APIError) and (cls.code, cls.status) == (kind.code, STATUS[kind])
 
 
 def test_the_client_imports_nothing_of_the_service():

@@ -10,8 +10,9 @@ import pytest
 
 from service.bundle import Bundle
 from service.engine import BatchItem, Done, Engine, SessionState, Token
-from service.errors import (ClientClosedRequest, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
+from service.errors import (ClientClosedRequest, Input, InvalidInput, ModelMismatch, Overloaded, PreconditionFailed,
                             ServiceError, SessionConflict, UnknownModel)
+from service.http.errors import headers
 from service.sampling import SamplingParams
 from service.scheduler import Scheduler
 
@@ -117,7 +118,7 @@ def test_reading_maps_unknown_words_and_enforces_limits(engine):
     assert result.reading.tokens == ["the", "zebra", "sat"] and result.reading.unknown == ["zebra"]
     with pytest.raises(InvalidInput) as err:
         engine.predict("the " * 21)
-    assert err.value.field == "text"
+    assert err.value.input is Input.TEXT  # in the domain's words: /predict names it `text`, OpenAI `prompt`
     with pytest.raises(InvalidInput):
         engine.predict("   ")
     with pytest.raises(UnknownModel):
@@ -292,7 +293,7 @@ def test_stop_words_and_stream_cap(engine):
     held = [engine.start_generation(sid, "", None, SamplingParams(), 1, []) for _ in range(2)]
     with pytest.raises(Overloaded) as err:
         engine.start_generation(sid, "", None, SamplingParams(), 1, [])
-    assert err.value.retry_after == 1
+    assert headers(err.value) == {"Retry-After": "1"}  # through the HTTP layer's table
     for g in held:  # never iterated: closing still frees the slots, once however often it is called
         g.close()
         g.close()

@@ -268,9 +268,10 @@ def test_unknown_session_is_a_plain_404_not_a_stream(client, accept):
 
 
 def _fail_first_commit(app, monkeypatch):
-    """The session store fails the next compare-and-set (Redis gone for one call), then works."""
+    """The session store fails the next compare-and-set (Redis gone for one call), then works. Every write of a
+    session, a generation's commit included, is the engine's one pipelined compare-and-set."""
     store = app.extensions["nextword"].engine.store
-    real, calls = store.compare_and_set, []
+    real, calls = store.compare_and_set_many, []
 
     def flaky(*args, **kwargs):
         calls.append(args)
@@ -278,7 +279,7 @@ def _fail_first_commit(app, monkeypatch):
             raise StateStoreUnavailable("the session store is unavailable; retry shortly")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(store, "compare_and_set", flaky)
+    monkeypatch.setattr(store, "compare_and_set_many", flaky)
     return calls
 
 

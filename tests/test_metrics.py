@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
 from service.process.redis_server import NOTIFY_KEYSPACE_EVENTS
-from service.errors import ERROR_TYPES
+from service.http.errors import ERROR_TYPES
 from service.state import LEASE_KEY, OPERATIONS, ExpiryWatcher
 from tests.servers import ROOT, wait_for
 

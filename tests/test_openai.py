@@ -369,10 +369,10 @@ def _openai_error(response) -> dict:
 def test_errors_under_v1_carry_param_type_and_code_in_the_client(make_app):
     app = make_app(max_text_tokens=3)
     client = _wsgi_client(app)
-    with pytest.raises(openai.BadRequestError) as e:  # the engine's `text` is OpenAI's `prompt`
+    with pytest.raises(openai.BadRequestError) as e:  # the engine's text is OpenAI's `prompt`
         client.completions.create(model="tiny-lstm", prompt="the cat eats fish")
     assert (e.value.param, e.value.type, e.value.code) == ("prompt", "invalid_request_error", "invalid_input")
-    assert "`prompt`" in e.value.message and "3" in e.value.message
+    assert "4 tokens" in e.value.message and "3" in e.value.message  # in the domain's words, not rewritten
     with pytest.raises(openai.NotFoundError) as e:
         client.completions.create(model="gpt-4", prompt="the")
     assert (e.value.param, e.value.type, e.value.code) == ("model", "invalid_request_error", "unknown_model")

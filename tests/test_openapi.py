@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from service.errors import ERROR_TYPES
 from service.http.answers import NOT_A_CHAT_MODEL
+from service.http.errors import ERROR_TYPES
 from service.http.openapi import spec
 
 SCHEMATHESIS_SEED = int(os.environ.get("NEXTWORD_SCHEMATHESIS_SEED", "20240601"))  # fixed: a CI run is repeatable

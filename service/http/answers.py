@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field
 from typing_extensions import NotRequired, TypedDict
 
-from service.errors import ERROR_TYPES
+from service.http.errors import ERROR_TYPES
 
 NOT_A_CHAT_MODEL = "not_a_chat_model"  # the OpenAI surface's own code: /v1/chat/completions is not served
 CODES = sorted({e.code for e in ERROR_TYPES})

@@ -19,10 +19,12 @@ from service import logs, memory, metrics
 from service.bundle import discover
 from service.config import ConfigError, Settings
 from service.engine import Engine
-from service.errors import (ERROR_TYPES, InternalError, InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound,
-                            PayloadTooLarge, ServiceError)
+from service.errors import InternalError, ServiceError
 from service.http import auth, browser, openai, ops, predict, sessions
 from service.http.context import Services, services
+from service.http.errors import ERROR_TYPES
+from service.http.protocol import (InvalidJSON, MethodNotAllowed, NotAcceptable, NotFound, PayloadTooLarge,
+                                   UnlistedHTTPError)
 from service.http.responses import FastJSON, error_response
 from service.runtime import ModelRuntime
 from service.scheduler import Scheduler
@@ -129,9 +131,8 @@ def _init_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(sorted(error.valid_methods or []))
             return response
         if kind is None:
-            err = ServiceError(error.description or "error")
-            err.status, err.code = error.code or 500, (error.name or "error").lower().replace(" ", "_")
-            return error_response(err)
+            return error_response(UnlistedHTTPError(error.description or "error", error.code or 500,
+                                                    (error.name or "error").lower().replace(" ", "_")))
         return error_response(kind(error.description if kind is not NotFound else f"no endpoint {request.path}"))
 
     @app.errorhandler(Exception)

@@ -12,8 +12,8 @@ import hmac
 
 from flask import Flask, g, request
 
-from service.errors import Unauthorized
 from service.http import api, browser
+from service.http.protocol import Unauthorized
 
 
 def open_endpoints() -> set[str]:

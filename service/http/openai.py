@@ -22,7 +22,6 @@ that object, which the client raises.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -33,15 +32,14 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, stream_with_context
 
 from service.engine import Done, Generation
-from service.errors import (InternalError, InvalidInput, ModelMismatch, ModelUnavailable, Overloaded, ServiceError,
+from service.errors import (InternalError, ModelMismatch, ModelUnavailable, Overloaded, ServiceError,
                             SessionConflict, SessionNotFound, StateStoreFull, StateStoreUnavailable, UnknownModel)
 from service.http import answers
 from service.http.api import JSON, Reply, route
 from service.http.context import services
 from service.http.disconnect import watching
-from service.http.responses import SSE, SSE_HEADERS, sse_error
-from service.http.sessions import _Timing
-from service.http.validation import json_body, parse
+from service.http.responses import SSE, SSE_HEADERS, StreamTimer, sse_data, sse_error
+from service.http.validation import json_body, parse, within_budget
 from service.sampling import SamplingParams, top_k
 from service.tokenizer import EOS, detokenize, tokenize
 
@@ -50,7 +48,10 @@ log = logging.getLogger("nextword")
 
 LOGPROB_FLOOR = -9999.0  # what a probability of 0 is reported as (JSON has no -Infinity)
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
-_JOINER = "a"  # a word standing for a session's unknown earlier words, so the first generated word gets its space
+# A session's earlier words are not stored, yet the first generated word must be spaced as if it followed them:
+# the joiner starts from this word in their place. Any plain word would do (a convention spaces what follows it
+# as it spaces what follows a word); "a" is a short one that no convention rewrites.
+_JOINER = "a"
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def _check_budget(req: CompletionRequest) -> None:
     cost = budget.generation(req.prompt or None, req.model, req.max_tokens, session=req.session_id is not None,
                              logprobs=req.logprobs)
     listed = "logprobs" if req.logprobs else "max_tokens"
-    budget.check(cost, "max_tokens", listed, what="this completion")
+    within_budget(budget, cost, "max_tokens", listed, what="this completion")
 
 
 def _start(req: CompletionRequest, cancel=None) -> tuple[Generation, str | None]:
@@ -152,19 +153,11 @@ def _start(req: CompletionRequest, cancel=None) -> tuple[Generation, str | None]
         temporary = record.session_id
     else:
         record, temporary = engine.session_info(req.session_id, g.owner), None
-        if req.model is not None and req.model != record.model:
-            engine.model(req.model)  # an unknown model is a 404, as without a session
-            raise ModelMismatch(f"session {record.session_id} belongs to model {record.model!r}, not "
-                                f"{req.model!r}", field="model")
+        engine.model(req.model)  # an unknown model is a 404, as without a session; another one, the engine's 409
     try:
         stop = _stop_words(req.stop, engine.model(record.model).bundle.convention)
         return engine.start_generation(record.session_id, g.owner, req.prompt, req.params, req.max_tokens,
-                                       stop, cancel=cancel), temporary
-    except InvalidInput as e:
-        if e.field == "text":  # the engine reads the prompt as its `text`
-            e.field, e.message = "prompt", e.message.replace("`text`", "`prompt`")
-        _discard(temporary)
-        raise
+                                       stop, cancel=cancel, model=req.model), temporary
     except BaseException:
         _discard(temporary)
         raise
@@ -185,7 +178,7 @@ def _logprob(value) -> float:
     return max(float(value), LOGPROB_FLOOR)
 
 
-def _pieces(generation: Generation, logprobs: int | None, timing: _Timing, log_fields: dict
+def _pieces(generation: Generation, logprobs: int | None, timing: StreamTimer, log_fields: dict
             ) -> Iterator[Piece | Done]:
     """The generation as pieces of `text` (a stop word or `<eos>` that ends it yields none), then its Done."""
     bundle = generation.scheduler.bundle
@@ -232,7 +225,7 @@ def _usage(generation: Generation, done: Done | None) -> answers.Usage:
 
 def _chunk(cid: str, created: int, model: str, choices: list, **extra) -> str:
     data = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices, **extra}
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return sse_data(data)
 
 
 @route(bp, "POST", "/completions", operation_id="createCompletion", tag="openai", request="completion", budget=True,
@@ -283,10 +276,10 @@ def completions():
     return jsonify(answer)
 
 
-def _started(req: CompletionRequest, generation: Generation, started: float) -> _Timing:
+def _started(req: CompletionRequest, generation: Generation, started: float) -> StreamTimer:
     g.log.update(model=generation.model, greedy=req.params.greedy, generated=0,
                  tokens=len(generation.reading.tokens) if generation.reading else 0)
-    return _Timing(generation.model, started)
+    return StreamTimer(generation.model, started)
 
 
 def _event_stream(req: CompletionRequest, generation: Generation, temporary: str | None,

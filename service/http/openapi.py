@@ -18,10 +18,12 @@ import re
 from pydantic import TypeAdapter
 
 from service.config import Settings
-from service.errors import (InvalidInput, InvalidJSON, MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout,
-                            ServiceError, Unauthorized, UnsupportedMediaType)
+from service.errors import InvalidInput, ServiceError
 from service.http import answers
+from service.http.errors import STATUS
 from service.http.api import BINARY, JSON, OPERATIONS, Operation, Reply
+from service.http.protocol import (InvalidJSON, MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout,
+                                   Unauthorized, UnsupportedMediaType)
 from service.http.responses import OPENAI_PREFIX
 from service.http.shapes import DocumentSchema, for_settings
 
@@ -64,8 +66,8 @@ _HEADERS = {  # name -> (description, schema, required)
     "ETag": ("With a session: its version after this request, quoted (send it back in If-Match).", "string", False),
     "Location": ("The new session's URL.", "string", True),
     "Retry-After": ("Seconds to wait before retrying.", {"minimum": 0}, True),
-    "Retry-After-Optional": ("Seconds to wait before retrying; sent with `state_store_unavailable` and `overloaded`.",
-                             {"minimum": 0}, False),
+    "Retry-After-Optional": ("Seconds to wait before retrying; sent with `state_store_unavailable` and "
+                             "`model_unavailable`.", {"minimum": 0}, False),
     "Allow": ("The methods this path supports.", "string", True),
     "WWW-Authenticate": ("The Bearer challenge.", "string", True),
 }
@@ -95,7 +97,7 @@ def _ref(name: str) -> dict:
 
 
 def _status(kind: type[ServiceError]) -> int:
-    return kind.status
+    return STATUS[kind]
 
 
 def _header_refs(names: tuple[str, ...]) -> dict:

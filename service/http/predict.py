@@ -9,15 +9,16 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from service.budget import Cost
 from service.engine import BatchItem
-from service.errors import (ClientClosedRequest, InvalidInput, ModelMismatch, ModelUnavailable, NotAcceptable,
-                            Overloaded, PreconditionFailed, ServiceError, SessionConflict, SessionNotFound,
-                            StateStoreFull, StateStoreUnavailable, UnknownModel)
+from service.errors import (ClientClosedRequest, ModelMismatch, ModelUnavailable, Overloaded,
+                            PreconditionFailed, ServiceError, SessionConflict, SessionNotFound, StateStoreFull,
+                            StateStoreUnavailable, UnknownModel)
 from service.http import answers
 from service.http.api import BINARY, JSON, Reply, route
 from service.http.context import services
 from service.http.disconnect import watching
+from service.http.protocol import InvalidField, NotAcceptable
 from service.http.responses import error_item, etag, if_match, prediction_view
-from service.http.validation import json_body, parse
+from service.http.validation import json_body, parse, within_budget
 from service.suggest import Query
 
 bp = Blueprint("predict", __name__)
@@ -60,13 +61,13 @@ def predict():
     query = _query(req)
     if binary and query.filters:
         field = "prefix" if query.prefix else "words_only"
-        raise InvalidInput(f"`{field}` ranks the JSON answer; application/octet-stream is always the raw "
+        raise InvalidField(f"`{field}` ranks the JSON answer; application/octet-stream is always the raw "
                            "distribution (filter it with GET /models/{name}/vocab)", field=field)
     budget, session = services().budget, req.session_id is not None
     if binary:
-        budget.check(budget.vector(req.text, req.model, session, req.scores), "text", "text", "Accept")
+        within_budget(budget, budget.vector(req.text, req.model, session, req.scores), "text", "text", "Accept")
     else:
-        budget.check(budget.item(req.text, req.model, req.top_k, session, req.scores), "text", "top_k")
+        within_budget(budget, budget.item(req.text, req.model, req.top_k, session, req.scores), "text", "top_k")
     version = if_match(request.headers.get("If-Match"))  # checked always, meaningful with a session only
     result = engine.predict(req.text, model=req.model, session_id=req.session_id, owner=g.owner, scores=req.scores,
                             if_version=version if req.session_id is not None else None)
@@ -99,7 +100,7 @@ def predict_batch():
     engine, budget = services().engine, services().budget
     req = parse(services().shapes.batch, json_body())  # a malformed item makes the request malformed: 400 naming it
     cost = sum((budget.item(i.text, i.model, i.top_k, i.session_id is not None) for i in req.items), Cost())
-    budget.check(cost, "items", "items", what=f"this batch of {len(req.items)} items")
+    within_budget(budget, cost, "items", "items", what=f"this batch of {len(req.items)} items")
     items = [BatchItem(text=i.text, session_id=i.session_id, model=i.model, top_k=i.top_k,
                        if_version=i.if_version if i.session_id is not None else None) for i in req.items]
     with watching() as client:

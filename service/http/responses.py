@@ -1,11 +1,12 @@
 """How domain objects look on the wire: the one conversion of errors into JSON responses and SSE error events,
-session and prediction views (the dicts `answers.py` declares), ETags and Server-Sent Events. Knows Flask's response objects, not the engine's
-insides.
+session and prediction views (the dicts `answers.py` declares), ETags, Server-Sent Events and the timing of their
+tokens. Knows Flask's response objects, not the engine's insides.
 
 An error has two shapes. The service's own, `{"error": {"code", "message", "field"}}`, everywhere but under
-`/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}` (`ServiceError.to_openai`), so
-that the `openai` package's exceptions carry `param` (the OpenAI name of the field at fault: `prompt`, not `text`),
-`type` and `code` (the service's code). The status and headers are the same in both.
+`/v1/`, where OpenAI's is spoken, `{"error": {"message", "type", "param", "code"}}`, so that the `openai`
+package's exceptions carry `param` (the OpenAI name of the field at fault: `prompt`, not `text`), `type` and
+`code` (the service's code). The status and headers are the same in both: all of it comes from the one error
+table (service/http/errors.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from flask import Response, has_request_context, jsonify, request
 from flask.json.provider import JSONProvider
 
 from service import metrics
-from service.errors import InvalidInput, ServiceError
-from service.http import answers
+from service.errors import ServiceError
+from service.http import answers, errors
+from service.http.protocol import InvalidField
 from service.sampling import top_k
 from service.state import SessionRecord
 from service.suggest import Lexicon, Query
@@ -31,13 +33,13 @@ OPENAI_PREFIX = "/v1/"  # the OpenAI surface, whose errors have OpenAI's shape
 
 
 class FastJSON(JSONProvider):
-    """Flask's JSON (`jsonify`, `request.get_json`) through orjson, which encodes a prediction body several times
-    faster than the standard library (py-spy: JSON encoding was the largest single share of a batch request's
-    Python time). The output is standard JSON: keys in insertion order, UTF-8 text unescaped, floats in their
-    shortest round-trip form; NaN and Infinity are refused on the way in (RFC 8259)."""
+    """Flask's JSON (`jsonify`, `request.get_json`) through orjson, the one encoder of JSON bodies and SSE events
+    (`dumps`): encoding is a large share of a request's Python time, and orjson's is a fraction of the standard
+    library's (docs/benchmarks.md). The output is standard JSON: keys in insertion order, UTF-8 text unescaped,
+    floats in their shortest round-trip form; NaN and Infinity are refused on the way in (RFC 8259)."""
 
     def dumps(self, obj, **kwargs) -> str:
-        return orjson.dumps(obj).decode()
+        return dumps(obj)
 
     def loads(self, s, **kwargs):
         return orjson.loads(s)
@@ -50,30 +52,37 @@ class FastJSON(JSONProvider):
 def error_body(error: ServiceError) -> dict:
     """The error in the shape of the surface the request came to (OpenAI's under /v1/)."""
     if has_request_context() and (request.path + "/").startswith(OPENAI_PREFIX):
-        return error.to_openai()
-    return error.to_dict()
+        return errors.openai_body(error)
+    return errors.native_body(error)
 
 
 def error_response(error: ServiceError) -> Response:
-    """The JSON error body with its status, Retry-After from the error's hint, and any HTTP headers it carries."""
+    """The JSON error body with the status and headers (Retry-After, WWW-Authenticate...) of the error table."""
     metrics.ERRORS.labels(code=error.code).inc()
     response = jsonify(error_body(error))
-    response.status_code = error.status
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(error.retry_after)
-    for name, value in error.headers.items():
-        response.headers[name] = value
+    response.status_code = errors.status(error)
+    response.headers.update(errors.headers(error))
     return response
 
 
 def error_item(error: ServiceError) -> dict:
     """A failed item of a batch: the same error object, with the status it would have had alone."""
     metrics.ERRORS.labels(code=error.code).inc()
-    return {**error.to_dict(), "status": error.status}
+    return {**errors.native_body(error), "status": errors.status(error)}
+
+
+def dumps(obj) -> str:
+    """JSON text as the app writes it (FastJSON)."""
+    return orjson.dumps(obj).decode()
 
 
 def sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
+    return f"event: {event}\ndata: {dumps(data)}\n\n"
+
+
+def sse_data(data: dict) -> str:
+    """An event without a name (a `message`, as OpenAI's stream chunks are)."""
+    return f"data: {dumps(data)}\n\n"
 
 
 def sse_error(error: ServiceError) -> str:
@@ -81,6 +90,22 @@ def sse_error(error: ServiceError) -> str:
     under /v1/; call it while the request's context lasts, as a `stream_with_context` generator does)."""
     metrics.ERRORS.labels(code=error.code).inc()
     return sse("error", error_body(error))
+
+
+class StreamTimer:
+    """Time to first token and between tokens of one stream, as its client's connection sees them (when each token
+    is handed over), into the stream metrics."""
+
+    def __init__(self, model: str, started: float):
+        self.first = metrics.STREAM_FIRST_TOKEN.labels(model=model)
+        self.between = metrics.STREAM_INTER_TOKEN.labels(model=model)
+        self.last = started  # time.perf_counter() when the request began
+        self.count = 0
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        (self.between if self.count else self.first).observe(now - self.last)
+        self.last, self.count = now, self.count + 1
 
 
 def etag(version: int) -> str:
@@ -94,7 +119,7 @@ def if_match(header: str | None) -> int | None:
         return None
     match = _IF_MATCH.fullmatch(header)
     if match is None:
-        raise InvalidInput('If-Match must be a session\'s ETag, a quoted version number such as "7"', field="If-Match")
+        raise InvalidField('If-Match must be a session\'s ETag, a quoted version number such as "7"', field="If-Match")
     return int(match.group(1) or match.group(2))
 
 

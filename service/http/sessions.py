@@ -7,7 +7,6 @@ import time
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 
-from service import metrics
 from service.engine import Done, Generation, Token
 from service.errors import (InternalError, ModelMismatch, ModelUnavailable, Overloaded, PreconditionFailed,
                             ServiceError, SessionConflict, SessionNotFound, StateStoreFull, StateStoreUnavailable,
@@ -16,9 +15,9 @@ from service.http import answers
 from service.http.api import JSON, Reply, route
 from service.http.context import services
 from service.http.disconnect import watching
-from service.http.responses import (SSE, SSE_HEADERS, etag, if_match, session_response, session_view, sse,
+from service.http.responses import (SSE, SSE_HEADERS, StreamTimer, etag, if_match, session_response, session_view, sse,
                                     sse_error)
-from service.http.validation import json_body, parse
+from service.http.validation import json_body, parse, within_budget
 from service.sampling import SamplingParams
 
 bp = Blueprint("sessions", __name__)
@@ -74,21 +73,6 @@ def _done(done: Done) -> answers.Done:
             "session": session_view(done.session)}
 
 
-class _Timing:
-    """Time to first token and between tokens, as the client's connection sees them (when each is handed over)."""
-
-    def __init__(self, model: str, started: float):
-        self.first = metrics.STREAM_FIRST_TOKEN.labels(model=model)
-        self.between = metrics.STREAM_INTER_TOKEN.labels(model=model)
-        self.last = started
-        self.count = 0
-
-    def token(self) -> None:
-        now = time.perf_counter()
-        (self.between if self.count else self.first).observe(now - self.last)
-        self.last, self.count = now, self.count + 1
-
-
 @route(bp, "POST", "/sessions/<session_id>/generate", operation_id="generate", tag="sessions", request="generate",
        headers=("If-Match",), budget=True,
        errors=(SessionNotFound, ModelMismatch, SessionConflict, PreconditionFailed, Overloaded, StateStoreUnavailable,
@@ -112,8 +96,8 @@ def generate(session_id: str):
     stream = request.accept_mimetypes.best_match(["application/json", SSE]) == SSE
     req = parse(services().shapes.generate, json_body())
     budget = services().budget
-    budget.check(budget.generation(req.text, None, req.max_tokens, session=True), "max_tokens", "max_tokens",
-                 what="this generation")
+    within_budget(budget, budget.generation(req.text, None, req.max_tokens, session=True), "max_tokens",
+                  "max_tokens", what="this generation")
     params = SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed)
     version = if_match(request.headers.get("If-Match"))
     if stream:  # a client that leaves mid-stream is noticed at the next write (the WSGI server closes the response)
@@ -139,13 +123,13 @@ def generate(session_id: str):
         return response
 
 
-def _started(generation: Generation, params: SamplingParams, started: float) -> _Timing:
+def _started(generation: Generation, params: SamplingParams, started: float) -> StreamTimer:
     g.log.update(model=generation.model, greedy=params.greedy,
                  tokens=len(generation.reading.tokens) if generation.reading else 0, generated=0)
-    return _Timing(generation.model, started)
+    return StreamTimer(generation.model, started)
 
 
-def _event_stream(generation: Generation, timing: _Timing, log_fields: dict) -> Response:
+def _event_stream(generation: Generation, timing: StreamTimer, log_fields: dict) -> Response:
     """The generation as Server-Sent Events. The WSGI server closes the response when the client goes away (or
     after the last event): that one close cancels the stream and frees its slot."""
 

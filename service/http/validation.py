@@ -1,5 +1,6 @@
-"""Reads a request body and validates it against its shape (`shapes.py`); every failure is a 400 that names the
-field. Knows Flask's request and pydantic's errors, nothing of what the fields mean."""
+"""Reads a request body and validates it against its shape (`shapes.py`), and checks its cost against the work
+budget; every failure is a 400 that names the field. Knows Flask's request and pydantic's errors, nothing of what
+the fields mean."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import typing
 from flask import request
 from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidInput, InvalidJSON, UnsupportedMediaType
+from service.budget import Budget, Cost
+from service.errors import Input, InvalidInput
+from service.http.protocol import InvalidField, InvalidJSON, UnsupportedMediaType
 from service.http.shapes import M, Setting
 
 # What a pydantic error type says, after the field's name (`top_k` must be at most 1000).
@@ -58,14 +61,25 @@ def _reject_constant(name: str):
 
 
 def parse(shape: type[M], body: dict) -> M:
-    """The body as its shape, or an InvalidInput naming the first field at fault."""
+    """The body as its shape, or an InvalidField naming the first field at fault."""
     try:
         return shape.model_validate(body)
     except ValidationError as e:
         raise _invalid(shape, e.errors(include_url=False, include_input=False)) from None
 
 
-def _invalid(shape: type[BaseModel], errors: list[dict]) -> InvalidInput:
+def within_budget(budget: Budget, cost: Cost, tokens: str, predictions: str, answer: str | None = None,
+                  what: str = "this request") -> None:
+    """`budget.check`; a refusal names this endpoint's field that asks for the quantity past its limit (the
+    tokens read or generated, the words listed, the answer's bytes: by default the predictions' field)."""
+    try:
+        budget.check(cost, what)
+    except InvalidInput as e:
+        fields = {Input.TOKENS: tokens, Input.PREDICTIONS: predictions, Input.ANSWER: answer or predictions}
+        raise InvalidField(e.message, field=fields[e.input]) from None
+
+
+def _invalid(shape: type[BaseModel], errors: list[dict]) -> InvalidField:
     """The error a client sees first, as the fields are read: an object's unknown fields before its fields, which
     come in declaration order, and a batch's items in item order."""
     errors = [{**e, "loc": (*e["loc"], e["ctx"]["field"])} if "field" in e.get("ctx", {}) else e
@@ -78,7 +92,7 @@ def _invalid(shape: type[BaseModel], errors: list[dict]) -> InvalidInput:
     path = _path(error["loc"])
     if error["type"] == "extra_forbidden":
         allowed = ", ".join(sorted(_model_at(shape, error["loc"][:-1]).model_fields))
-        return InvalidInput(f"unknown field `{path}`; allowed: {allowed}", field=field)
+        return InvalidField(f"unknown field `{path}`; allowed: {allowed}", field=field)
     ctx = error.get("ctx", {})
     if error["type"] == "invalid":  # one of the checks in shapes.py
         message = f"`{path}` {error['msg']}"
@@ -91,7 +105,7 @@ def _invalid(shape: type[BaseModel], errors: list[dict]) -> InvalidInput:
     setting = next((m.env for m in (info.metadata if info else ()) if isinstance(m, Setting)), None)
     if setting and error["type"] in _LIMITS:
         message += f" ({setting})"
-    return InvalidInput(message, field=field)
+    return InvalidField(message, field=field)
 
 
 def _locate(shape: type[BaseModel], loc: tuple) -> tuple[str | None, tuple, object]:

@@ -24,30 +24,31 @@ engine or Redis.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 import uuid
 from functools import partial
 
 import gevent
+import orjson
 from gevent.pool import Pool
 from gevent.server import StreamServer
 from gevent.socket import wait_read
 from gunicorn import util
 from gunicorn.http import errors as http_errors
+from gunicorn.http import wsgi
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import Unreader
-from gunicorn.http import wsgi
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.ggevent import GeventWorker
 
 from service import logs, metrics
 from service.config import Settings
-from service.errors import (ExpectationFailed, HeadersTooLarge, InternalError, MalformedRequest, PayloadTooLarge,
-                            RequestTimeout, ServiceError, TransferCodingNotImplemented, UnsupportedMediaType,
-                            URITooLong)
+from service.errors import InternalError, ServiceError
+from service.http import errors
+from service.http.protocol import (ExpectationFailed, HeadersTooLarge, MalformedRequest, PayloadTooLarge,
+                                   RequestTimeout, TransferCodingNotImplemented, UnsupportedMediaType, URITooLong)
 
 log = logging.getLogger("nextword")
 
@@ -76,9 +77,10 @@ def rejection(exc: BaseException) -> ServiceError:
 def error_bytes(error: ServiceError) -> bytes:
     """A complete HTTP/1.1 response carrying `error` as the service's JSON error body; the connection closes.
     The request never reached the app, so its X-Request-ID is a fresh one."""
-    body = json.dumps(error.to_dict()).encode()
-    extra = "".join(f"{name}: {value}\r\n" for name, value in error.headers.items())
-    head = (f"HTTP/1.1 {error.status} {REASONS.get(error.status, 'Error')}\r\nContent-Type: application/json\r\n"
+    body = orjson.dumps(errors.native_body(error))
+    status = errors.status(error)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in errors.headers(error).items())
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nX-Request-ID: {uuid.uuid4().hex}\r\n{extra}Connection: close\r\n\r\n")
     return head.encode("latin-1") + body
 
@@ -312,7 +314,7 @@ class GreenletWorker(GeventWorker):
         if isinstance(error, InternalError):
             log.error("error handling request", exc_info=exc)
         else:
-            logs.log_event(log, "request rejected", level=logging.WARNING, status=error.status, code=error.code,
+            logs.log_event(log, "request rejected", level=logging.WARNING, status=errors.status(error), code=error.code,
                            client=(addr or ("",))[0], reason=error.message[:200])
         metrics.ERRORS.labels(code=error.code).inc()
         try:

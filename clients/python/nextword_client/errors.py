@@ -3,7 +3,7 @@ call can fail without an answer (no connection, a stream cut short). Knows no HT
 nothing of the service: this distribution installs alone (`pip install ./clients/python`).
 
 `CODES` is the client's own copy of the service's error table; tests/test_client.py checks it against the
-service's (`service/errors.py`), so a code added there fails that test until it is added here.
+service's (`service/http/errors.py`), so a code added there fails that test until it is added here.
 `SessionNotFound` has `.code == "session_not_found"` and `.status == 404`. A code this client does not
 know (a newer server) is still an `APIError`.
 """
