@@ -94,7 +94,9 @@ def test_models_and_readyz_report_what_a_session_costs_in_redis(client, redis_ur
         bundle = client.application.extensions["nextword"].engine.model("tiny-lstm").bundle
         size = lstm["session"]
         assert size["state_bytes"] == SessionState.nbytes(bundle.state_shape) == len(r.hget(session_key(sid), "state"))
-        assert real <= size["redis_bytes"] <= real + 128
+        # the scratch session also holds an owner (a 64-character digest); the allocator's size classes round the
+        # difference up to between 80 and 160 bytes depending on what the server allocated before
+        assert real <= size["redis_bytes"] <= real + 192
         assert size["sessions_per_gib"] == (1 << 30) // size["redis_bytes"]
         assert client.get("/models/tiny-lstm").json["session"] == size
         assert [m["session"] for m in client.get("/readyz").json["models"] if m["name"] == "tiny-lstm"] == [size]
