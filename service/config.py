@@ -79,8 +79,9 @@ class Settings(BaseModel):
     max_generate_tokens: int = Field(256, ge=1, le=100_000, description=(
         "ceiling on `max_tokens` of a generation (400 above it)"))
     max_streams: int = Field(1024, ge=1, le=100_000, description=(
-        "concurrent generations per worker (a memory and latency bound: every open stream, about 0.1 MB, "
-        "advances each tick); beyond it a generation is refused at once with 429 and `Retry-After: 1`"))
+        "concurrent generations per worker (a memory and latency bound: every open stream, about 0.7 MB "
+        "(docs/limits.md), advances each tick); beyond it a generation is refused at once with 429 and "
+        "`Retry-After: 1`"))
     max_batch_items: int = Field(256, ge=1, le=100_000, description="items in one `POST /predict/batch` (400 above)")
     max_request_tokens: int = Field(4096, ge=1, le=10_000_000, description=(
         "tokens one request may have the model read or generate, all items, prompt, `max_tokens` and `logprobs` "
