@@ -280,17 +280,13 @@ class GreenletWorker(GeventWorker):
         if req._expected_100_continue:
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             req._expected_100_continue = False  # answered: gunicorn's wsgi layer must not send a second one
-        body = bytearray()
+        body = bytearray()  # at most max_body: a Content-Length or the chunk sizes announced were checked above
         try:
             with gevent.Timeout(self.read_timeout, RequestTimeout(
                     f"the request body did not arrive within {self.read_timeout:g} s")):
                 while piece := req.body.read(64 * 1024):
                     body += piece
-                    if len(body) > self.max_body:
-                        raise PayloadTooLarge(f"request body exceeds {self.max_body} bytes")
-        except ServiceError:
-            raise
-        except http_errors.NoMoreData:
+        except (ServiceError, http_errors.NoMoreData):
             raise
         except Exception as e:  # noqa: BLE001 - bad chunk framing
             raise rejection(e) from None
