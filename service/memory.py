@@ -69,8 +69,8 @@ def trimmer() -> Trimmer:
 
 class Trimmer:
     """Gives freed heap memory back (`malloc_trim(0)`) once the process has been quiet `TRIM_AFTER_S` after work
-    was noted (`note()`, cheap: it sets a flag), or `TRIM_AT_LEAST_EVERY_S` into steady work. One daemon thread;
-    an idle worker is not trimmed again."""
+    was noted (`note()`, cheap: it sets a flag), or `TRIM_AT_LEAST_EVERY_S` into steady work. One daemon thread (a
+    greenlet under gevent, whose trim then runs on a native thread); an idle worker is not trimmed again."""
 
     def __init__(self, quiet_s: float = TRIM_AFTER_S):
         self._libc = _glibc()
